@@ -1,0 +1,47 @@
+# The two commands: `make demo` (whole pipeline on generated demo data) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= data
+DEMO := demo
+# Quiet TensorFlow's start-up banners; errors still show.
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: install test demo all preprocess train evaluate predict export lint clean-demo
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+test: install
+	$(PY) -m pytest -q tests
+
+# Generated data into demo/ (never over your data/), then the four scripts in order.
+demo: install
+	$(PY) scripts/make_demo_data.py --out-dir $(DEMO)/data
+	$(PY) scripts/data_processing.py --data-dir $(DEMO)/data --out-dir $(DEMO)/preprocessed_data
+	$(PY) scripts/model_training.py --data-dir $(DEMO)/preprocessed_data --models-dir $(DEMO)/models \
+		--logs-dir $(DEMO)/logs --weights none --epochs 12 --batch-size 32 --fresh
+	$(PY) scripts/evaluate_model.py --data-dir $(DEMO)/preprocessed_data --models-dir $(DEMO)/models --split test
+	$(PY) scripts/predict_emotion.py --models-dir $(DEMO)/models --no-detect \
+		--image_path $(DEMO)/data/test/happy/happy_000.png $(DEMO)/data/test/sad/sad_000.png
+	@echo
+	@echo "Demo done. With real data: put FER2013 in data/train/<emotion>/ and data/test/<emotion>/,"
+	@echo "then run: make all   (or the four scripts one by one, see README.md)"
+
+# The full pipeline on real data: make all DATA=path/to/dataset
+all: install
+	$(PY) scripts/data_processing.py --data-dir $(DATA)
+	$(PY) scripts/model_training.py
+	$(PY) scripts/evaluate_model.py --split test
+	$(PY) scripts/export_model.py
+
+lint: install
+	$(PY) -m ruff check scripts tests bench
+
+clean-demo:
+	rm -rf $(DEMO)

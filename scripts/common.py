@@ -1,0 +1,128 @@
+"""Small helpers every script uses: one-line errors, atomic writes, checksums."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad flag, missing file): printed as one line, exit 2."""
+
+
+def run_cli(main: Callable[[], int | None]) -> None:
+    """Run a script's main() and turn errors into one clear line and an exit code.
+
+    SIGTERM is treated like Ctrl+C so that `kill` also goes through the clean-up path.
+    """
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        code = main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing half-written was left on disk.", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
+    """Write through `write(fileobj)` into a temporary file beside `path`, then rename.
+
+    A crash or Ctrl+C leaves either the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    atomic_write_bytes(path, lambda f: np.save(f, array, allow_pickle=False))
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
+    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_save_keras(model, path: Path) -> None:
+    """model.save() into a temporary .keras file beside `path`, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_json(path: Path, what: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{what} is not readable JSON ({path}): {exc}") from None
+
+
+def format_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A plain left/right aligned text table (numbers right-aligned)."""
+    cells = [header] + [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = []
+    for n, row in enumerate(cells):
+        parts = []
+        for i, cell in enumerate(row):
+            numeric = n > 0 and _is_number(cell)
+            parts.append(cell.rjust(widths[i]) if numeric else cell.ljust(widths[i]))
+        lines.append("  ".join(parts).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.rstrip("%"))
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,71 @@
+"""Every path and default of the pipeline, in one place.
+
+Scripts take overrides as command-line flags whose defaults come from here, and
+write the effective settings as JSON next to what they produce.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# --- Paths (relative to the repository root, whatever the current directory is) ---
+ROOT: Path = Path(__file__).resolve().parent.parent
+DATA_DIR: Path = ROOT / "data"
+PREPROCESSED_DIR: Path = ROOT / "preprocessed_data"
+MODELS_DIR: Path = ROOT / "models"
+LOGS_DIR: Path = ROOT / "logs"
+DEMO_DATA_DIR: Path = ROOT / "demo" / "data"
+
+# --- Classes and images ---
+# FER2013's seven emotions, in the alphabetical folder order of the Kaggle release.
+CLASS_NAMES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+IMAGE_SIZE: int = 48  # FER2013 crops are 48x48 grayscale
+SEED: int = 1337
+
+# --- Preprocessing ---
+VAL_FRACTION: float = 0.1
+TEST_FRACTION: float = 0.1  # only used when the dataset has no test/ folder
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+)
+# Untrusted images: refuse anything larger before decoding (decompression bombs).
+MAX_IMAGE_PIXELS: int = 50_000_000
+MAX_FILE_BYTES: int = 100 * 1024 * 1024
+NEAR_BLANK_STD: float = 2.0  # pixel standard deviation below which an image is "near blank"
+META_FILE: str = "meta.json"
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+# --- Model files ---
+BEST_MODEL: str = "best_model.keras"  # phase 1 (or the only phase when training from scratch)
+FINE_TUNED_MODEL: str = "fine_tuned_model.keras"  # phase 2
+TFLITE_SUFFIX: str = ".tflite"
+RESUME_DIR_NAME: str = ".resume"  # per-run resume state, inside MODELS_DIR
+VGG16_NOTOP_WEIGHTS: str = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+# --- Training ---
+WEIGHTS: str = "imagenet"  # "imagenet", "none" or a path to a local weights file
+EPOCHS: int = 30  # phase 1 (or the only phase)
+FINE_TUNE_EPOCHS: int = 20  # phase 2, pretrained only
+BATCH_SIZE: int = 64
+LEARNING_RATE: float = 1e-3  # Adam, phase 1 / from scratch
+FINE_TUNE_LEARNING_RATE: float = 1e-5
+FINE_TUNE_BLOCKS: int = 2  # VGG16 blocks unfrozen in phase 2 (block5, block4)
+LABEL_SMOOTHING: float = 0.0
+EARLY_STOPPING_PATIENCE: int = 6
+REDUCE_LR_PATIENCE: int = 3
+REDUCE_LR_FACTOR: float = 0.5
+DROPOUT: float = 0.5
+DENSE_UNITS: int = 256
+
+# Augmentation (applied to training batches only, never at evaluation).
+AUG_FLIP: bool = True
+AUG_ROTATION_DEG: float = 10.0
+AUG_ZOOM: float = 0.1
+AUG_SHIFT: float = 0.1
+AUG_ERASING: float = 0.25  # probability of erasing one random rectangle per image
+
+# --- Evaluation / prediction ---
+EVAL_BATCH_SIZE: int = 256
+EVAL_DIR_NAME: str = "eval"  # models/eval/<model>-<split>/
+FACE_MARGIN: float = 0.2  # fraction of the face box added on each side before cropping
+DETECT_MAX_SIDE: int = 1024  # photos are downscaled to this longest side for detection

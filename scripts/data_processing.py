@@ -1,0 +1,391 @@
+"""Turn an image-folder dataset into the arrays the other scripts read.
+
+    data/train/<class>/*  (+ optional data/test/<class>/*)
+      -> preprocessed_data/X_{train,val,test}.npy  uint8 (N, 48, 48, 1)
+         preprocessed_data/y_{train,val,test}.npy  int64 (N,) class indices
+         preprocessed_data/meta.json               classes, counts, audit, checksums
+
+Images are decoded in parallel, converted to grayscale and resized. Bad files are
+skipped and listed, exact duplicates are audited, and every file is written
+atomically with meta.json last, so an interrupted run never leaves arrays that look valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import multiprocessing
+import os
+import platform
+import signal
+import sys
+import time
+from collections import Counter, defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import PIL
+import tqdm as tqdm_module
+from tqdm import tqdm
+
+import config
+from artifacts import FORMAT_VERSION, array_names
+from common import UserError, atomic_save_npy, atomic_write_json, format_table, run_cli, sha256_file
+from imaging import BadImage, list_files, load_gray
+
+PARALLEL_MIN_FILES = 256  # below this a process pool costs more than it saves
+# tqdm's monitor thread would be inherited half-way by forked workers (deadlock risk).
+tqdm_module.tqdm.monitor_interval = 0
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Preprocess an image-folder dataset (train/<class>/, optional test/<class>/) "
+        "into uint8 48x48 grayscale arrays plus meta.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data-dir", type=Path, default=config.DATA_DIR,
+                   help="dataset folder holding train/<class>/ and optionally test/<class>/")
+    p.add_argument("--out-dir", type=Path, default=config.PREPROCESSED_DIR,
+                   help="where X_*.npy, y_*.npy and meta.json are written")
+    p.add_argument("--image-size", type=int, default=config.IMAGE_SIZE,
+                   help="output side length in pixels (images are resized to a square)")
+    p.add_argument("--val-fraction", type=float, default=config.VAL_FRACTION,
+                   help="fraction of train held out for validation (stratified, seeded)")
+    p.add_argument("--test-fraction", type=float, default=config.TEST_FRACTION,
+                   help="fraction of train held out as test, only when there is no test/ folder")
+    p.add_argument("--seed", type=int, default=config.SEED, help="random seed of the splits")
+    p.add_argument("--drop-leaks", action="store_true",
+                   help="remove from train the images that also occur (pixel-exact) in val or test")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="decoding processes")
+    args = p.parse_args(argv)
+    if not 8 <= args.image_size <= 512:
+        p.error("--image-size must be between 8 and 512")
+    if not 0 <= args.val_fraction < 1 or not 0 <= args.test_fraction < 1:
+        p.error("--val-fraction and --test-fraction must be in [0, 1)")
+    if args.val_fraction + args.test_fraction >= 1:
+        p.error("--val-fraction + --test-fraction must be below 1")
+    if args.workers < 1:
+        p.error("--workers must be at least 1")
+    return args
+
+
+# ---------------------------------------------------------------- discovery
+
+def class_folders(split_dir: Path) -> list[str]:
+    return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def discover(data_dir: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]], list[dict], list[str]]:
+    """Find classes and files. Returns class names, {split_source: [(path, label)]},
+    files ignored (with reason) and warnings."""
+    if not data_dir.is_dir():
+        raise UserError(f"data folder not found: {data_dir} (pass --data-dir PATH)")
+    train_dir = data_dir / "train"
+    if not train_dir.is_dir():
+        raise UserError(
+            f"no train/ folder in {data_dir}: expected {data_dir}/train/<class>/<images> "
+            "(one folder per emotion, as in Kaggle's FER2013)"
+        )
+    classes = class_folders(train_dir)
+    if len(classes) < 2:
+        raise UserError(f"{train_dir} has {len(classes)} class folder(s); at least 2 are needed")
+    warnings = []
+    if tuple(classes) != config.CLASS_NAMES:
+        extra = sorted(set(classes) - set(config.CLASS_NAMES))
+        missing = sorted(set(config.CLASS_NAMES) - set(classes))
+        warnings.append(
+            f"class folders differ from the 7 FER2013 emotions (extra: {extra or 'none'}, "
+            f"missing: {missing or 'none'}); using the {len(classes)} folders found: {classes}"
+        )
+    ignored: list[dict] = []
+    sources: dict[str, list[tuple[Path, int]]] = {}
+    for split in ("train", "test"):
+        split_dir = data_dir / split
+        if not split_dir.is_dir():
+            continue
+        files: list[tuple[Path, int]] = []
+        for path in sorted(p for p in split_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
+            ignored.append({"path": str(path), "reason": "not inside a class folder"})
+        for name in class_folders(split_dir):
+            if name not in classes:
+                warnings.append(f"{split}/{name}/ is not a class of train/; its images are ignored")
+                continue
+            files += [(path, classes.index(name)) for path in list_files(split_dir / name)]
+        sources[split] = files
+    return classes, sources, ignored, warnings
+
+
+# ---------------------------------------------------------------- decoding
+
+def _decode_batch(job: tuple[list[str], int]) -> tuple[bytes, dict[int, str]]:
+    """Decode a batch of files in a worker: one bytes buffer back, plus failures by position."""
+    paths, size = job
+    out = bytearray(len(paths) * size * size)
+    failures = {}
+    for i, path in enumerate(paths):
+        try:
+            out[i * size * size:(i + 1) * size * size] = load_gray(path, size).tobytes()
+        except BadImage as exc:
+            failures[i] = str(exc)
+    return bytes(out), failures
+
+
+def _worker_signals() -> None:
+    """Workers leave Ctrl+C and SIGTERM to the parent, which stops them cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def decode_all(paths: list[Path], size: int, workers: int, desc: str, batch: int = 256):
+    """Decode every path; returns (uint8 array (n_ok, size, size), ok mask, {index: reason})."""
+    jobs = [([str(p) for p in paths[i:i + batch]], size) for i in range(0, len(paths), batch)]
+    pixels = np.empty((len(paths), size, size), dtype=np.uint8)
+    ok = np.ones(len(paths), dtype=bool)
+    reasons: dict[int, str] = {}
+    pool = None
+    if workers > 1 and len(paths) >= PARALLEL_MIN_FILES:
+        # fork: workers start at once; no TensorFlow or other threads are loaded here.
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_signals)
+    try:
+        results = pool.imap(_decode_batch, jobs) if pool else map(_decode_batch, jobs)
+        with tqdm(total=len(paths), desc=desc, unit="img", file=sys.stderr,
+                  dynamic_ncols=True, disable=None, mininterval=0.5) as bar:
+            for b, (data, failures) in enumerate(results):
+                start = b * batch
+                n = len(jobs[b][0])
+                pixels[start:start + n] = np.frombuffer(data, dtype=np.uint8).reshape(n, size, size)
+                for i, reason in failures.items():
+                    ok[start + i] = False
+                    reasons[start + i] = reason
+                bar.update(n)
+        if pool:
+            # close+join, not terminate: terminate can deadlock on idle workers holding the queue lock.
+            pool.close()
+            pool.join()
+    except BaseException:
+        if pool:
+            pool.terminate()
+        raise
+    return pixels[ok], ok, reasons
+
+
+# ---------------------------------------------------------------- splitting and audit
+
+def pixel_std(pixels: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Per-image standard deviation, in chunks (a float copy of all images would cost GBs)."""
+    flat = pixels.reshape(len(pixels), -1)
+    return np.concatenate([flat[i:i + chunk].std(axis=1, dtype=np.float32)
+                           for i in range(0, len(flat), chunk)] or [np.zeros(0, np.float32)])
+
+
+def content_hashes(pixels: np.ndarray) -> list[bytes]:
+    return [hashlib.blake2b(img.tobytes(), digest_size=16).digest() for img in pixels]
+
+
+def assign_splits(labels: np.ndarray, hashes: list[bytes], val_fraction: float,
+                  test_fraction: float, seed: int) -> np.ndarray:
+    """Stratified, seeded assignment of train images to 'train'/'val'/'test'.
+
+    Exact copies follow their first occurrence, so val/test never share an image with train.
+    """
+    first_of: dict[bytes, int] = {}
+    for i, h in enumerate(hashes):
+        first_of.setdefault(h, i)
+    representatives = np.array(sorted(set(first_of.values())), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    group_split: dict[int, str] = {}
+    for c in np.unique(labels):
+        reps = representatives[labels[representatives] == c]
+        reps = reps[rng.permutation(len(reps))]
+        n_test = int(round(test_fraction * len(reps)))
+        n_val = int(round(val_fraction * len(reps)))
+        while n_test + n_val >= len(reps) and n_test + n_val > 0:  # keep one in train
+            if n_test >= n_val and n_test > 0:
+                n_test -= 1
+            else:
+                n_val -= 1
+        for k, rep in enumerate(reps):
+            group_split[int(rep)] = "test" if k < n_test else "val" if k < n_test + n_val else "train"
+    return np.array([group_split[first_of[h]] for h in hashes])
+
+
+def duplicate_audit(hashes: dict[str, list[bytes]], labels: dict[str, np.ndarray],
+                    paths: dict[str, list[str]], classes: list[str], source_train: str) -> dict:
+    """Pixel-exact duplicates within the train folder, across splits, and label conflicts."""
+    groups: dict[bytes, list[int]] = defaultdict(list)
+    for i, h in enumerate(hashes[source_train]):
+        groups[h].append(i)
+    dup_groups = [g for g in groups.values() if len(g) > 1]
+    train_labels = labels[source_train]
+    conflicts = [g for g in dup_groups if len(set(train_labels[g].tolist())) > 1]
+
+    def describe(group):
+        return [{"path": paths[source_train][i], "label": classes[int(train_labels[i])]} for i in group]
+
+    cross = {}
+    split_sets = {s: set(h) for s, h in hashes.items() if s != source_train}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        if a in split_sets and b in split_sets:
+            shared = split_sets[a] & split_sets[b]
+            cross[f"{a}-{b}"] = {
+                "distinct_images_shared": len(shared),
+                f"{b}_images_affected": sum(h in shared for h in hashes[b]),
+            }
+    return {
+        "method": "identical decoded pixels after grayscale conversion and resizing",
+        "within_train_folder": {
+            "duplicate_groups": len(dup_groups),
+            "extra_copies": sum(len(g) - 1 for g in dup_groups),
+            "groups_with_conflicting_labels": len(conflicts),
+            "conflicting_groups": [describe(g) for g in conflicts],
+            "groups": [describe(g) for g in dup_groups],
+        },
+        "across_splits": cross,
+    }
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    started = time.time()
+    data_dir = args.data_dir.expanduser().resolve()
+    classes, sources, ignored, warnings = discover(data_dir)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+
+    decoded: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
+    bad_files = list(ignored)
+    for source, files in sources.items():
+        if not files:
+            raise UserError(f"{data_dir / source} has no image files in its class folders")
+        paths = [p for p, _ in files]
+        pixels, ok, reasons = decode_all(paths, args.image_size, args.workers, f"decoding {source}")
+        bad_files += [{"path": str(paths[i]), "reason": r} for i, r in sorted(reasons.items())]
+        if not ok.any():
+            raise UserError(f"no readable images in {data_dir / source} ({len(paths)} files, all unusable)")
+        labels = np.array([lbl for (_, lbl), good in zip(files, ok) if good], dtype=np.int64)
+        rel = [str(p.relative_to(data_dir)) for p, good in zip(paths, ok) if good]
+        decoded[source] = (pixels, labels, rel)
+
+    train_pixels, train_labels, train_paths = decoded["train"]
+    if len(np.unique(train_labels)) < 2:
+        raise UserError(f"{data_dir / 'train'} has usable images in fewer than 2 classes")
+    has_test = "test" in decoded
+    train_hashes = content_hashes(train_pixels)
+    assignment = assign_splits(train_labels, train_hashes, args.val_fraction,
+                               0.0 if has_test else args.test_fraction, args.seed)
+
+    split_index = {s: np.flatnonzero(assignment == s) for s in config.SPLITS}
+    if has_test:
+        split_index["test"] = None
+    arrays, hashes, labels, paths = {}, {"train_folder": train_hashes}, {"train_folder": train_labels}, {"train_folder": train_paths}
+    for split in config.SPLITS:
+        idx = split_index[split]
+        if idx is None:
+            px, lb, pt = decoded["test"]
+            hs = content_hashes(px)
+        else:
+            px, lb, pt = train_pixels[idx], train_labels[idx], [train_paths[i] for i in idx]
+            hs = [train_hashes[i] for i in idx]
+        arrays[split], labels[split], paths[split], hashes[split] = px, lb, pt, hs
+
+    audit = duplicate_audit(hashes, labels, paths, classes, "train_folder")
+    dropped = 0
+    if args.drop_leaks:
+        elsewhere = set(hashes["val"]) | set(hashes["test"])
+        keep = np.array([h not in elsewhere for h in hashes["train"]], dtype=bool)
+        dropped = int((~keep).sum())
+        arrays["train"], labels["train"] = arrays["train"][keep], labels["train"][keep]
+    audit["dropped_from_train_as_leaks"] = dropped
+    if len(arrays["train"]) == 0:
+        raise UserError("no training images left after splitting; lower --val-fraction/--test-fraction")
+
+    near_blank = [paths["train_folder"][i] for i in np.flatnonzero(pixel_std(train_pixels) < config.NEAR_BLANK_STD)]
+    if has_test:
+        near_blank += [paths["test"][i] for i in np.flatnonzero(pixel_std(arrays["test"]) < config.NEAR_BLANK_STD)]
+
+    sha = write_arrays(args.out_dir, arrays, labels)
+    counts = {s: {c: int((labels[s] == k).sum()) for k, c in enumerate(classes)} for s in config.SPLITS}
+    for s in config.SPLITS:
+        for c, n in counts[s].items():
+            if n == 0 and s == "train":
+                print(f"warning: class '{c}' has no training images", file=sys.stderr)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source_dir": str(data_dir),
+        "class_names": classes,
+        "image_size": args.image_size,
+        "settings": {
+            "val_fraction": args.val_fraction,
+            "test_fraction": None if has_test else args.test_fraction,
+            "seed": args.seed,
+            "drop_leaks": args.drop_leaks,
+            "test_source": "test/ folder" if has_test else "stratified split of train/",
+        },
+        "counts": counts,
+        "totals": {s: int(len(labels[s])) for s in config.SPLITS},
+        "arrays": {
+            name: {"dtype": str(a.dtype), "shape": list(a.shape)}
+            for s in config.SPLITS
+            for name, a in zip(array_names(s), (arrays[s][..., None], labels[s]))
+        },
+        "sha256": sha,
+        "bad_files": bad_files,
+        "duplicates": audit,
+        "near_blank_images": near_blank,
+        "warnings": warnings,
+        "versions": {"python": platform.python_version(), "numpy": np.__version__, "pillow": PIL.__version__},
+        "elapsed_seconds": round(time.time() - started, 2),
+    }
+    atomic_write_json(args.out_dir / config.META_FILE, meta)
+    print_summary(meta, has_test, args.out_dir)
+    return 0
+
+
+def write_arrays(out_dir: Path, arrays: dict, labels: dict) -> dict[str, str]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Remove meta.json first: until the new one is written, the folder is visibly incomplete.
+    (out_dir / config.META_FILE).unlink(missing_ok=True)
+    sha = {}
+    for split in config.SPLITS:
+        x_name, y_name = array_names(split)
+        atomic_save_npy(out_dir / x_name, np.ascontiguousarray(arrays[split][..., None]))
+        atomic_save_npy(out_dir / y_name, labels[split].astype(np.int64))
+        sha[x_name] = sha256_file(out_dir / x_name)
+        sha[y_name] = sha256_file(out_dir / y_name)
+    return sha
+
+
+def print_summary(meta: dict, has_test: bool, out_dir: Path) -> None:
+    classes, counts = meta["class_names"], meta["counts"]
+    rows = [[c] + [counts[s][c] for s in config.SPLITS] for c in classes]
+    rows.append(["total"] + [meta["totals"][s] for s in config.SPLITS])
+    print()
+    print(format_table(["class", "train", "val", "test"], rows))
+    within = meta["duplicates"]["within_train_folder"]
+    print(f"\nbad files skipped: {len(meta['bad_files'])}")
+    for bad in meta["bad_files"][:10]:
+        print(f"  {bad['path']}: {bad['reason']}")
+    if len(meta["bad_files"]) > 10:
+        print(f"  ... {len(meta['bad_files']) - 10} more in meta.json")
+    print(f"duplicates in train/ folder: {within['extra_copies']} extra copies in "
+          f"{within['duplicate_groups']} groups; {within['groups_with_conflicting_labels']} groups "
+          "have conflicting labels (val never shares an image with train)")
+    for pair, info in meta["duplicates"]["across_splits"].items():
+        if info["distinct_images_shared"]:
+            print(f"  shared {pair}: {info['distinct_images_shared']} distinct images")
+    if meta["duplicates"]["dropped_from_train_as_leaks"]:
+        print(f"  --drop-leaks removed {meta['duplicates']['dropped_from_train_as_leaks']} train images")
+    print(f"near-blank images: {len(meta['near_blank_images'])}")
+    if not has_test:
+        print("no test/ folder: the test split was taken from train (stratified, seeded)")
+    print(f"wrote {out_dir}/X_*.npy, y_*.npy and {config.META_FILE} in {meta['elapsed_seconds']:.1f} s")
+
+
+if __name__ == "__main__":
+    run_cli(main)

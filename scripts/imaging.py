@@ -1,0 +1,143 @@
+"""Decoding untrusted image files: any common format and mode, EXIF orientation,
+size limits against decompression bombs. Used by preprocessing, evaluation on an
+image folder, and prediction, so every path decodes pixels the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+import config
+
+# Let PIL itself refuse bombs too (it raises above 2x this, warns above it; we make the
+# warning an error below).
+Image.MAX_IMAGE_PIXELS = config.MAX_IMAGE_PIXELS
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+warnings.simplefilter("error", Image.DecompressionBombWarning)
+EXIF_ORIENTATION = 0x0112
+
+
+class BadImage(Exception):
+    """The file cannot be used as an image; the message says why, in a few words."""
+
+
+def is_hidden(path: Path) -> bool:
+    return path.name.startswith(".") or path.name in {"Thumbs.db", "desktop.ini"}
+
+
+def list_files(folder: Path) -> list[Path]:
+    """Every non-hidden regular file below `folder`, recursively, in sorted order.
+
+    Hidden files and folders (.DS_Store, ._foo.jpg, .git) are left out.
+    """
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if not is_hidden(path):
+                found.append(path)
+    return found
+
+
+def open_image(
+    path: Path, max_pixels: int = config.MAX_IMAGE_PIXELS, draft_size: int | None = None
+) -> Image.Image:
+    """Open, check limits, fully decode and apply EXIF orientation.
+
+    `draft_size` lets JPEG decode at 1/2..1/8 scale when the result only needs to be
+    about that big, which makes large photos much cheaper. Raises BadImage for anything
+    that is not a usable image.
+    """
+    try:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        raise BadImage(f"cannot read file ({exc.strerror or exc})") from None
+    if size == 0:
+        raise BadImage("empty file (0 bytes)")
+    if size > config.MAX_FILE_BYTES:
+        raise BadImage(f"file too large ({size / 2**20:.0f} MiB > {config.MAX_FILE_BYTES // 2**20} MiB)")
+    try:
+        image = Image.open(path)
+        width, height = image.size
+        if width * height > max_pixels:
+            raise BadImage(
+                f"image too large ({width}x{height} = {width * height:,} pixels > {max_pixels:,})"
+            )
+        if draft_size and image.format == "JPEG" and min(width, height) > 2 * draft_size:
+            image.draft(image.mode, (draft_size, draft_size))
+        image.load()
+        # exif_transpose copies even when there is nothing to do; only call it when needed.
+        # (TIFF keeps orientation in its own tags, other formats in an "exif" block.)
+        has_exif = "exif" in image.info or image.format in ("TIFF", "MPO")
+        if has_exif and image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)
+    except BadImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadImage("image too large (decompression bomb)") from None
+    except Image.UnidentifiedImageError:
+        raise BadImage("not an image (format not recognised)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BadImage(f"corrupt or truncated image ({text})") from None
+    except MemoryError:
+        raise BadImage("image needs too much memory to decode") from None
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any mode to 8-bit RGB: transparency composited on white, 16-bit scaled down."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        image = Image.fromarray(_to_uint8(np.asarray(image)), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def to_gray(image: Image.Image) -> Image.Image:
+    """Any mode to 8-bit grayscale ("L")."""
+    if image.mode == "L":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return Image.fromarray(_to_uint8(np.asarray(image)), mode="L")
+    return to_rgb(image).convert("L")
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    """16/32-bit integer or float pixels to uint8, keeping relative brightness."""
+    values = values.astype(np.float64)
+    if values.size == 0:
+        return values.astype(np.uint8)
+    high = values.max()
+    if np.issubdtype(values.dtype, np.floating) and high <= 1.0:
+        scale = 255.0
+    elif high <= 255:
+        scale = 1.0
+    elif high <= 65535:
+        scale = 255.0 / 65535.0
+    else:
+        scale = 255.0 / high
+    return np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+
+
+def gray_array(image: Image.Image, size: int) -> np.ndarray:
+    """A decoded image to a (size, size) uint8 array (stretched if not square)."""
+    gray = to_gray(image)
+    if gray.size != (size, size):
+        gray = gray.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return np.asarray(gray, dtype=np.uint8)
+
+
+def load_gray(path: Path, size: int) -> np.ndarray:
+    """Path to a (size, size) uint8 array; raises BadImage."""
+    return gray_array(open_image(path, draft_size=size), size)
