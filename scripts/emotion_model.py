@@ -1,0 +1,168 @@
+"""The model: VGG16 backbone + small head, with preprocessing inside.
+
+A saved model takes raw grayscale pixels, shape (S, S, 1), values 0-255 (uint8 or
+float): gray -> 3 channels and VGG16's own preprocessing (caffe mode: subtract the
+ImageNet BGR means) are layers of the model, so no caller can feed it wrongly. Only
+built-in Keras layers are used, so models load with safe_mode=True and no custom code.
+
+Each saved model has a JSON sidecar (same name, .json) with its class names, input
+size and the effective training settings; `model_info()` reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import config
+from common import UserError
+
+# VGG16 "caffe" preprocessing: BGR channel means of ImageNet, no scaling.
+VGG_MEAN_BGR = (103.939, 116.779, 123.68)
+VGG_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+BACKBONE_NAME = "vgg16"
+
+
+def keras_cache_dir() -> Path:
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+
+
+def imagenet_weights_help() -> str:
+    return (
+        f"cannot download the ImageNet weights file {config.VGG16_NOTOP_WEIGHTS} (offline?). "
+        f"Put it in {keras_cache_dir()}/ (Keras's cache), or pass --weights PATH to a local copy, "
+        "or --weights none to train from scratch"
+    )
+
+
+def vgg16_backbone(image_size: int, weights: str):
+    """Keras's VGG16 without its top. `weights`: "imagenet", "none" or a file path."""
+    import keras
+
+    shape = (image_size, image_size, 3)
+    if weights == "none":
+        return vgg16_bn_backbone(image_size)
+    if weights == "imagenet":
+        try:
+            return keras.applications.VGG16(include_top=False, weights="imagenet", input_shape=shape)
+        except Exception as exc:  # Keras raises a bare Exception on a failed download
+            if "fetch failure" in str(exc) or "URL" in str(exc) or isinstance(exc, OSError):
+                raise UserError(imagenet_weights_help()) from None
+            raise
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path} (expected {config.VGG16_NOTOP_WEIGHTS} "
+                        "or a .weights.h5 file of VGG16 without top)")
+    try:
+        return keras.applications.VGG16(include_top=False, weights=str(path), input_shape=shape)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"cannot load VGG16 weights from {path}: {first}") from None
+
+
+def vgg16_bn_backbone(image_size: int):
+    """VGG16's layout with batch normalisation after every convolution.
+
+    Used when training from scratch: without pretrained weights, plain VGG16 barely
+    trains on 48x48 faces, while batch norm makes it converge in a few epochs.
+    """
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((image_size, image_size, 3))
+    x = inputs
+    for block, (filters, convs) in enumerate(VGG_BLOCKS, start=1):
+        for conv in range(1, convs + 1):
+            name = f"block{block}_conv{conv}"
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
+            x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+            x = layers.Activation("relu", name=f"{name}_relu")(x)
+        x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    return keras.Model(inputs, x, name="vgg16_bn")
+
+
+def build_model(num_classes: int, image_size: int = config.IMAGE_SIZE, weights: str = config.WEIGHTS,
+                dense_units: int = config.DENSE_UNITS, dropout: float = config.DROPOUT):
+    """Raw (S, S, 1) pixels 0-255 -> class probabilities (float32 even under mixed precision)."""
+    import keras
+    from keras import layers
+
+    if image_size < 32:
+        raise UserError(f"image size {image_size} is too small for VGG16 (at least 32)")
+    inputs = keras.Input((image_size, image_size, 1), name="pixels")
+    x = layers.Concatenate(name="gray_to_rgb", dtype="float32")([inputs, inputs, inputs])
+    x = layers.Normalization(mean=list(VGG_MEAN_BGR), variance=[1.0, 1.0, 1.0],
+                             name="vgg16_preprocess", dtype="float32")(x)
+    backbone = vgg16_backbone(image_size, weights)
+    backbone.name = BACKBONE_NAME
+    x = backbone(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="emotion")(x)
+    return keras.Model(inputs, outputs, name="emotion_vgg16")
+
+
+def set_backbone_trainable(model, trainable_blocks: int | None) -> None:
+    """None: whole backbone trainable; 0: frozen; k: only the top k conv blocks train."""
+    backbone = model.get_layer(BACKBONE_NAME)
+    if trainable_blocks is None:
+        backbone.trainable = True
+        return
+    backbone.trainable = trainable_blocks > 0
+    first_trainable = len(VGG_BLOCKS) - trainable_blocks + 1
+    for layer in backbone.layers:
+        block = int(layer.name[5]) if layer.name.startswith("block") else 0
+        # BatchNorm stays frozen (inference mode) when fine-tuning, as Keras recommends.
+        is_bn = layer.__class__.__name__ == "BatchNormalization"
+        layer.trainable = block >= first_trainable and not is_bn
+
+
+# ---------------------------------------------------------------- loading and metadata
+
+def sidecar_path(model_path: Path) -> Path:
+    return Path(model_path).with_suffix(".json")
+
+
+def load_model(model_path: Path, compile: bool = False):
+    """Load a .keras (or legacy .h5) model safely; UserError if missing or unreadable."""
+    import keras
+
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise UserError(f"model not found: {model_path} (train one with scripts/model_training.py, "
+                        "or pass --model PATH)")
+    try:
+        return keras.models.load_model(model_path, compile=compile, safe_mode=True)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"cannot load model {model_path}: {first[:300]}") from None
+
+
+def model_info(model_path: Path, num_outputs: int | None = None) -> dict:
+    """Class names and input size of a saved model, from its JSON sidecar.
+
+    Models without a sidecar (e.g. a user's .h5) are assumed to use the FER2013 classes
+    if they have 7 outputs.
+    """
+    side = sidecar_path(model_path)
+    if side.is_file():
+        try:
+            info = json.loads(side.read_text(encoding="utf-8"))
+            if isinstance(info.get("class_names"), list) and info.get("image_size"):
+                return info
+        except (OSError, json.JSONDecodeError):
+            pass
+    if num_outputs in (None, len(config.CLASS_NAMES)):
+        return {"class_names": list(config.CLASS_NAMES), "image_size": config.IMAGE_SIZE,
+                "sidecar": "missing: assumed FER2013's 7 classes"}
+    raise UserError(f"{side} is missing or unreadable and the model has {num_outputs} outputs: "
+                    "cannot tell its class names")
+
+
+def default_model_path(models_dir: Path) -> Path:
+    """fine_tuned_model.keras if present, else best_model.keras."""
+    models_dir = Path(models_dir)
+    fine = models_dir / config.FINE_TUNED_MODEL
+    return fine if fine.is_file() else models_dir / config.BEST_MODEL
