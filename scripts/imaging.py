@@ -63,7 +63,19 @@ def open_image(
     if size > config.MAX_FILE_BYTES:
         raise BadImage(f"file too large ({size / 2**20:.0f} MiB > {config.MAX_FILE_BYTES // 2**20} MiB)")
     try:
-        image = Image.open(path)
+        file = open(path, "rb")
+    except OSError as exc:
+        raise BadImage(f"cannot read file ({exc.strerror or exc})") from None
+    # Decode from a file object, not a path: Pillow then reads instead of memory-mapping,
+    # and its memory-mapped path scrambles uncompressed TIFFs whose orientation tag swaps
+    # width and height (Pillow 13).
+    with file:
+        return _decode(file, max_pixels, draft_size)
+
+
+def _decode(file, max_pixels: int, draft_size: int | None) -> Image.Image:
+    try:
+        image = Image.open(file)
         width, height = image.size
         if width * height > max_pixels:
             raise BadImage(
@@ -93,8 +105,8 @@ def open_image(
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any mode to 8-bit RGB: transparency composited on white, 16-bit scaled down."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        image = Image.fromarray(_to_uint8(np.asarray(image)), mode="L")
+    if image.mode in WIDE_MODES:
+        image = _wide_to_gray(image)
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -108,18 +120,30 @@ def to_gray(image: Image.Image) -> Image.Image:
     """Any mode to 8-bit grayscale ("L")."""
     if image.mode == "L":
         return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return Image.fromarray(_to_uint8(np.asarray(image)), mode="L")
+    if image.mode in WIDE_MODES:
+        return _wide_to_gray(image)
     return to_rgb(image).convert("L")
 
 
-def _to_uint8(values: np.ndarray) -> np.ndarray:
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+WIDE_MODES = SIXTEEN_BIT_MODES + ("I", "F")
+
+
+def _wide_to_gray(image: Image.Image) -> Image.Image:
+    # 16-bit modes have a known full scale; "I" and "F" do not, so theirs is guessed.
+    full_scale = 65535 if image.mode in SIXTEEN_BIT_MODES else None
+    return Image.fromarray(_to_uint8(np.asarray(image), full_scale), mode="L")
+
+
+def _to_uint8(values: np.ndarray, full_scale: int | None = None) -> np.ndarray:
     """16/32-bit integer or float pixels to uint8, keeping relative brightness."""
     values = values.astype(np.float64)
     if values.size == 0:
         return values.astype(np.uint8)
     high = values.max()
-    if np.issubdtype(values.dtype, np.floating) and high <= 1.0:
+    if full_scale:
+        scale = 255.0 / full_scale
+    elif np.issubdtype(values.dtype, np.floating) and high <= 1.0:
         scale = 255.0
     elif high <= 255:
         scale = 1.0

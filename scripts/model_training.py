@@ -187,14 +187,22 @@ def augmenter(args, seed: int):
     return keras.Sequential(steps, name="augment") if steps else None
 
 
-def make_dataset(x, y, batch_size: int, training: bool, args, seed: int, n_classes: int):
+def make_dataset(x, y, batch_size: int, training: bool, args, seed: int, n_classes: int,
+                 replicas: int = 1):
     """tf.data pipeline: uint8 arrays -> shuffled float batches with one-hot labels,
-    augmented when training."""
+    augmented when training.
+
+    With several replicas every batch must split evenly (Keras 3 fails on an uneven last
+    batch under MirroredStrategy, keras-team/keras#19246), so the image count is cut to a
+    multiple of the replica count: at most replicas-1 images (a different few each epoch).
+    """
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((x, tf.one_hot(y, n_classes)))
     if training:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    if replicas > 1:
+        ds = ds.take(len(x) - len(x) % replicas)
     ds = ds.batch(batch_size)
     aug = augmenter(args, seed) if training and args.augment else None
 
@@ -392,8 +400,9 @@ def run_phase(phase: int, args, strategy, meta, train, val, state, resume, run_d
     print(f"\nphase {phase}: training {what}, lr {lr:g}, up to {epochs} epochs -> {model_path}")
     seed = args.seed + phase
     n_classes = len(meta["class_names"])
-    train_ds = make_dataset(train.x, train.y, args.batch_size, True, args, seed, n_classes)
-    val_ds = make_dataset(val.x, val.y, args.batch_size, False, args, seed, n_classes)
+    replicas = strategy.num_replicas_in_sync
+    train_ds = make_dataset(train.x, train.y, args.batch_size, True, args, seed, n_classes, replicas)
+    val_ds = make_dataset(val.x, val.y, args.batch_size, False, args, seed, n_classes, replicas)
     best, callbacks = make_callbacks(phase, model_path, run_dir, resume, state, started, budget_s, args)
     weights = class_weights(train.y, len(meta["class_names"])) if args.class_weights else None
     history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
@@ -491,6 +500,9 @@ def main(argv=None) -> int:
 
     strategy, precision, hw = setup_hardware(args)
     print(f"hardware: {hw}")
+    if args.batch_size % strategy.num_replicas_in_sync:
+        raise UserError(f"--batch-size {args.batch_size} must be a multiple of the "
+                        f"{strategy.num_replicas_in_sync} replicas")
     if state is None:
         run_name = args.run_name or datetime.now().strftime("run-%Y%m%d-%H%M%S")
         state = {"fingerprint": fingerprint, "run_name": run_name, "phase": 1, "epoch": 0,

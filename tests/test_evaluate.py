@@ -1,0 +1,328 @@
+"""scripts/evaluate_model.py: metrics against scikit-learn, PNGs, TensorBoard, TTA, image
+folders, model comparison, and one-line errors for models or data that do not fit.
+
+Tiny everything: 4 classes of 32x32 images (~40 files), one untrained VGG16 built by
+emotion_model.build_model for the module, plus two very small Keras models for the
+comparison and mismatch cases. Most runs call main() in-process; three go through a
+subprocess to check exit codes and one-line errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "scripts") not in sys.path:
+    sys.path.insert(0, str(ROOT / "scripts"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import data_processing  # noqa: E402
+import evaluate_model  # noqa: E402
+from common import UserError  # noqa: E402
+
+SIZE = 32
+CLASSES = ["angry", "happy", "sad", "surprise"]
+SCRIPT = str(ROOT / "scripts" / "evaluate_model.py")
+
+
+# ---------------------------------------------------------------- fixtures
+
+def face(label: int, index: int) -> np.ndarray:
+    """Random pixels with a class-dependent bright band, so images differ by class."""
+    rng = np.random.default_rng(1000 * label + index)
+    img = rng.integers(0, 120, (SIZE, SIZE), dtype=np.uint8)
+    img[4 + 6 * label: 9 + 6 * label, :] = 230
+    return img
+
+
+def write_folder(folder: Path, per_class: int, start: int = 0, classes=CLASSES) -> None:
+    for label, name in enumerate(classes):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(start, start + per_class):
+            Image.fromarray(face(label, i)).save(folder / name / f"{name}_{i:03d}.png")
+
+
+def save_with_sidecar(model, path: Path, class_names: list[str]) -> Path:
+    model.save(path)
+    # As model_training.write_sidecar writes it (the fields evaluation reads).
+    path.with_suffix(".json").write_text(json.dumps({"model": path.name, "class_names": class_names,
+                                                     "image_size": SIZE}))
+    return path
+
+
+def spread_predictions(model, x: np.ndarray, seed: int = 0) -> None:
+    """Make an untrained model's predictions depend on the image.
+
+    An untrained VGG16's pooled features hardly differ between images, so its argmax is the
+    same class for all of them; a random output layer centred and scaled on the features of
+    `x` gives varied predictions and confidences (a non-trivial confusion matrix).
+    """
+    import keras
+
+    head = model.get_layer("emotion")
+    features = keras.Model(model.input, head.input).predict(x.astype(np.float32), verbose=0)
+    n_classes = head.kernel.shape[-1]
+    w = np.random.default_rng(seed).normal(size=(features.shape[1], n_classes))
+    w *= 2.0 / ((features - features.mean(axis=0)) @ w).std()
+    head.kernel.assign(w.astype(np.float32))
+    head.bias.assign((-features.mean(axis=0) @ w).astype(np.float32))
+
+
+def small_model(n_classes: int, seed: int):
+    """A very small Keras model with the pipeline's contract: raw pixels in, softmax out."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((SIZE, SIZE, 1)),
+        layers.Rescaling(1 / 127.5, offset=-1),
+        layers.Conv2D(4, 3, activation="relu"),
+        layers.GlobalAveragePooling2D(),
+        layers.Dense(n_classes, activation="softmax"),
+    ])
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict:
+    """Image folder -> arrays (data_processing.main) and the models, built once."""
+    import keras
+
+    from emotion_model import build_model
+
+    base = tmp_path_factory.mktemp("eval")
+    images = base / "images"
+    write_folder(images / "train", 6)
+    write_folder(images / "test", 4, start=100)
+    data_processing.main(["--data-dir", str(images), "--out-dir", str(base / "arrays"),
+                          "--val-fraction", "0.2", "--workers", "1", "--image-size", str(SIZE)])
+    models = base / "models"
+    models.mkdir()
+    keras.utils.set_random_seed(7)
+    vgg = build_model(len(CLASSES), SIZE, "none", dense_units=64)
+    spread_predictions(vgg, np.concatenate([np.load(base / "arrays" / f"X_{s}.npy") for s in ("train", "val", "test")]))
+    save_with_sidecar(vgg, models / "best_model.keras", CLASSES)
+    save_with_sidecar(small_model(len(CLASSES), 3), models / "small.keras", CLASSES)
+    save_with_sidecar(small_model(3, 4), models / "three_classes.keras", CLASSES[:3])
+    return {"base": base, "images": images, "arrays": base / "arrays", "models": models}
+
+
+def run_main(env: dict, out: Path, *extra: str) -> int:
+    return evaluate_model.main(["--models-dir", str(env["models"]), "--data-dir", str(env["arrays"]),
+                                "--out-dir", str(out / "eval"), "--logs-dir", str(out / "logs"), *extra])
+
+
+@pytest.fixture(scope="module")
+def tta_run(env, tmp_path_factory) -> dict:
+    """The default model on the test split, with --tta (one run shared by several tests)."""
+    import io
+    from contextlib import redirect_stdout
+
+    out = tmp_path_factory.mktemp("tta_run")
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert run_main(env, out, "--tta") == 0
+    folder = out / "eval" / "best_model-test"
+    return {"out": out, "folder": folder, "stdout": buf.getvalue(),
+            "metrics": json.loads((folder / "metrics.json").read_text())}
+
+
+def predict_independently(model_path: Path, x: np.ndarray) -> np.ndarray:
+    import keras
+
+    model = keras.models.load_model(model_path, compile=False)
+    return model.predict(x.astype(np.float32), batch_size=8, verbose=0)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), timeout=120)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+# ---------------------------------------------------------------- metrics and outputs
+
+def test_metrics_match_scikit_learn(env, tta_run):
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
+
+    x = np.load(env["arrays"] / "X_test.npy")
+    y = np.load(env["arrays"] / "y_test.npy")
+    pred = predict_independently(env["models"] / "best_model.keras", x).argmax(axis=1)
+    m = tta_run["metrics"]["metrics"]
+    assert m["n_images"] == len(y) == 16
+    assert m["class_names"] == CLASSES
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert m["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro", labels=range(4), zero_division=0))
+    recalls = recall_score(y, pred, average=None, labels=range(4), zero_division=0)
+    assert [m["per_class"][c]["recall"] for c in CLASSES] == pytest.approx(recalls)
+    assert [m["per_class"][c]["support"] for c in CLASSES] == [4, 4, 4, 4]
+    assert m["confusion_matrix"] == confusion_matrix(y, pred, labels=range(4)).tolist()
+    assert 0 <= m["balanced_accuracy"] <= 1 and "weighted_avg" in m and "macro_avg" in m
+
+
+def test_metrics_json_records_model_settings_and_both_tta_results(env, tta_run):
+    from common import sha256_file
+
+    doc = tta_run["metrics"]
+    model = env["models"] / "best_model.keras"
+    assert doc["model"]["path"] == str(model.resolve())
+    assert doc["model"]["sha256"] == sha256_file(model)
+    assert doc["settings"]["tta"] is True and doc["settings"]["split"] == "test"
+    assert doc["settings"]["batch_size"] == evaluate_model.config.EVAL_BATCH_SIZE
+    assert doc["data"]["source"] == "preprocessed arrays"
+    assert doc["tta"]["n_images"] == 16 and 0 <= doc["tta"]["accuracy"] <= 1
+    assert set(doc["tta"]) == set(doc["metrics"])
+    # Printed side by side: plain and TTA columns in one table.
+    out = tta_run["stdout"]
+    assert "plain" in out and "TTA" in out and "balanced accuracy" in out
+    acc_line = next(line for line in out.splitlines() if line.startswith("accuracy "))
+    assert f"{doc['metrics']['accuracy']:.4f}" in acc_line and f"{doc['tta']['accuracy']:.4f}" in acc_line
+
+
+def test_pngs_and_tensorboard_are_written(tta_run):
+    folder = tta_run["folder"]
+    for name in ("confusion_matrix.png", "mistakes.png"):
+        with Image.open(folder / name) as im:
+            assert im.format == "PNG" and im.width > 300 and im.height > 100
+    events = list((tta_run["out"] / "logs" / "eval" / "best_model-test").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 1000
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0]), size_guidance={"images": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert "confusion_matrix" in tags["tensors"] + tags["images"]
+
+
+def test_tta_views_flip_and_shift_with_edge_padding():
+    import tensorflow as tf
+
+    x = np.arange(2 * 5 * 5, dtype=np.float32).reshape(2, 5, 5, 1)
+    views = [v.numpy() for v in evaluate_model.tta_views(tf.constant(x), 2)]
+    assert len(views) == 6 and all(v.shape == x.shape for v in views)
+    np.testing.assert_array_equal(views[0], x)
+    np.testing.assert_array_equal(views[1], x[:, :, ::-1])
+    down = views[3]  # shifted down by 2: the first rows repeat row 0
+    np.testing.assert_array_equal(down[:, 2:], x[:, :3])
+    np.testing.assert_array_equal(down[:, 0], x[:, 0])
+    np.testing.assert_array_equal(down[:, 1], x[:, 0])
+    right = views[5]
+    np.testing.assert_array_equal(right[:, :, 2:], x[:, :, :3])
+    np.testing.assert_array_equal(right[:, :, 1], x[:, :, 0])
+
+
+def test_image_folder_matches_arrays_and_skips_bad_and_unknown(env, tmp_path, capsys):
+    # The test/ image folder, with a capitalised class folder, an unknown folder, a corrupt
+    # file and a loose file: same images as X_test.npy, so the same metrics.
+    folder = tmp_path / "imgs"
+    shutil.copytree(env["images"] / "test", folder)
+    (folder / "happy").rename(folder / "Happy")
+    (folder / "contempt").mkdir()
+    Image.fromarray(face(0, 999)).save(folder / "contempt" / "x.png")
+    (folder / "sad" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "notes.txt").write_text("hello")
+    assert evaluate_model.main(["--models-dir", str(env["models"]), "--images", str(folder),
+                                "--out-dir", str(tmp_path / "eval"), "--logs-dir", str(tmp_path / "logs")]) == 0
+    err = capsys.readouterr().err
+    assert "contempt" in err and "1 unreadable file" in err and "broken.png" in err
+    doc = json.loads((tmp_path / "eval" / "best_model-images" / "metrics.json").read_text())
+    assert doc["data"]["source"] == "image folder"
+    assert doc["data"]["folders"]["Happy"] == "happy"
+    assert doc["data"]["skipped_folders"] == {"contempt": 1}
+    assert [b["path"].endswith("broken.png") for b in doc["data"]["bad_files"]] == [True]
+    x = np.load(env["arrays"] / "X_test.npy")
+    y = np.load(env["arrays"] / "y_test.npy")
+    from sklearn.metrics import accuracy_score, confusion_matrix
+
+    pred = predict_independently(env["models"] / "best_model.keras", x).argmax(axis=1)
+    m = doc["metrics"]
+    assert m["n_images"] == 16
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert m["confusion_matrix"] == confusion_matrix(y, pred, labels=range(4)).tolist()
+
+
+def test_no_matching_folder_is_a_clear_error(env, tmp_path):
+    with pytest.raises(UserError, match="did you mean --images"):
+        evaluate_model.main(["--models-dir", str(env["models"]), "--images", str(env["images"]),
+                             "--out-dir", str(tmp_path)])
+
+
+def test_two_models_and_both_splits_give_one_comparison(env, tmp_path, capsys):
+    models = env["models"]
+    assert run_main(env, tmp_path, "--model", str(models / "best_model.keras"), str(models / "small.keras"),
+                    "--split", "both", "--mistakes", "4") == 0
+    out = capsys.readouterr().out
+    table = out.split("== comparison ==")[1]
+    assert table.count("best_model.keras") == 2 and table.count("small.keras") == 2
+    assert "balanced acc" in table and "macro F1" in table
+    rows = json.loads((tmp_path / "eval" / "comparison.json").read_text())["results"]
+    assert [(Path(r["model"]).name, r["split"]) for r in rows] == [
+        ("best_model.keras", "val"), ("best_model.keras", "test"), ("small.keras", "val"), ("small.keras", "test")]
+    for r in rows:
+        doc = json.loads(Path(r["metrics_file"]).read_text())
+        assert doc["metrics"]["accuracy"] == pytest.approx(r["accuracy"])
+        assert len(doc["most_confident_mistakes"]) <= 4
+
+
+# ---------------------------------------------------------------- refusals and errors
+
+def test_sidecar_class_names_that_differ_are_refused(env, tmp_path):
+    model = tmp_path / "renamed.keras"
+    shutil.copy(env["models"] / "small.keras", model)
+    model.with_suffix(".json").write_text(json.dumps({"class_names": CLASSES[::-1], "image_size": SIZE}))
+    with pytest.raises(UserError, match="trained on classes"):
+        run_main(env, tmp_path, "--model", str(model))
+
+
+def test_corrupt_arrays_are_refused_before_loading_a_model(env, tmp_path):
+    arrays = tmp_path / "arrays"
+    shutil.copytree(env["arrays"], arrays)
+    with open(arrays / "X_test.npy", "r+b") as f:
+        f.seek(-1, 2)
+        f.write(b"\x01")
+    with pytest.raises(UserError, match="checksum"):
+        evaluate_model.main(["--models-dir", str(env["models"]), "--data-dir", str(arrays),
+                             "--out-dir", str(tmp_path / "eval")])
+
+
+def test_help_mentions_both_data_sources(capsys):
+    with pytest.raises(SystemExit) as exc:
+        evaluate_model.parse_args(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "--images" in text and "--data-dir" in text and "--tta" in text
+
+
+def test_model_with_other_class_count_is_refused_in_one_line(env, tmp_path):
+    proc = cli("--model", str(env["models"] / "three_classes.keras"), "--data-dir", str(env["arrays"]),
+               "--out-dir", str(tmp_path / "eval"), "--logs-dir", str(tmp_path / "logs"))
+    assert_one_line_error(proc, "3 outputs", "4 classes")
+    assert not (tmp_path / "eval").exists()
+
+
+def test_missing_model_is_one_line(env, tmp_path):
+    proc = cli("--models-dir", str(tmp_path / "nothing"), "--data-dir", str(env["arrays"]))
+    assert_one_line_error(proc, "model not found", "best_model.keras")
+
+
+def test_missing_arrays_are_one_line(env, tmp_path):
+    proc = cli("--models-dir", str(env["models"]), "--data-dir", str(tmp_path / "no_arrays"))
+    assert_one_line_error(proc, "preprocessed data folder not found")

@@ -1,0 +1,276 @@
+"""model_training.py: checkpoints, resume after interruption, early stopping, weights
+files, offline ImageNet error, distributed path, bad arrays, time budget.
+
+Everything is tiny (32x32 images, a few steps); in-process runs use float32 so the
+global precision policy does not leak between tests.
+"""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import config  # noqa: E402
+import data_processing  # noqa: E402
+import make_demo_data  # noqa: E402
+from common import UserError  # noqa: E402
+
+SIZE = 32
+SCRIPT = str(ROOT / "scripts" / "model_training.py")
+FAST = ["--batch-size", "8", "--precision", "float32", "--dense-units", "16"]
+
+
+@pytest.fixture(scope="module")
+def arrays(tmp_path_factory) -> Path:
+    """A tiny preprocessed dataset: 7 classes of synthetic faces at 32x32."""
+    base = tmp_path_factory.mktemp("train_data")
+    make_demo_data.main(["--out-dir", str(base / "images"), "--train-per-class", "5",
+                         "--test-per-class", "2", "--image-size", str(SIZE)])
+    data_processing.main(["--data-dir", str(base / "images"), "--out-dir", str(base / "arrays"),
+                          "--val-fraction", "0.2", "--workers", "1", "--image-size", str(SIZE)])
+    return base / "arrays"
+
+
+def run_training(arrays: Path, out: Path, *extra: str) -> int:
+    import model_training
+
+    return model_training.main(["--data-dir", str(arrays), "--models-dir", str(out / "models"),
+                                "--logs-dir", str(out / "logs"), "--run-name", "t", *FAST, *extra])
+
+
+def cli(arrays: Path, out: Path, *extra: str, **kwargs) -> subprocess.Popen:
+    cmd = [sys.executable, SCRIPT, "--data-dir", str(arrays), "--models-dir", str(out / "models"),
+           "--logs-dir", str(out / "logs"), "--run-name", "t", *FAST, *extra]
+    env = dict(kwargs.pop("env", os.environ), PYTHONUNBUFFERED="1")
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=ROOT, env=env, **kwargs)
+
+
+def write_vgg_weights(path: Path, legacy: bool) -> np.ndarray:
+    """A VGG16 no-top weights file with a recognisable first kernel; returns that kernel."""
+    import h5py
+    import keras
+
+    vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
+    kernel = np.full(vgg.get_layer("block1_conv1").kernel.shape, 0.0123, dtype=np.float32)
+    vgg.get_layer("block1_conv1").kernel.assign(kernel)
+    if legacy:  # the layout of Keras's downloaded vgg16_..._notop.h5
+        from keras.src.legacy.saving import legacy_h5_format
+
+        with h5py.File(path, "w") as f:
+            legacy_h5_format.save_weights_to_hdf5_group(f, vgg)
+    else:
+        vgg.save_weights(path)
+    return kernel
+
+
+def csv_epochs(path: Path) -> list[int]:
+    with open(path) as f:
+        return [int(r["epoch"]) for r in csv.DictReader(f)]
+
+
+# ---------------------------------------------------------------- weights
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy-h5", "keras3-weights-h5"])
+def test_weights_path_is_loaded(tmp_path, legacy):
+    from emotion_model import build_model
+
+    path = tmp_path / (config.VGG16_NOTOP_WEIGHTS if legacy else "vgg16_notop.weights.h5")
+    kernel = write_vgg_weights(path, legacy)
+    model = build_model(7, SIZE, str(path), dense_units=8)
+    loaded = model.get_layer("vgg16").get_layer("block1_conv1").kernel.numpy()
+    np.testing.assert_allclose(loaded, kernel)
+
+
+def test_missing_or_bad_weights_file_is_a_user_error(tmp_path):
+    from emotion_model import build_model
+
+    with pytest.raises(UserError, match="weights file not found"):
+        build_model(7, SIZE, str(tmp_path / "nope.h5"))
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not hdf5")
+    with pytest.raises(UserError, match="cannot load VGG16 weights"):
+        build_model(7, SIZE, str(bad))
+
+
+def test_offline_imagenet_error_is_one_clear_line(arrays, tmp_path):
+    # An empty Keras cache and a proxy on a closed local port: the download fails at once,
+    # on any machine, online or not.
+    env = dict(os.environ, KERAS_HOME=str(tmp_path / "keras_home"), https_proxy="http://127.0.0.1:9",
+               HTTPS_PROXY="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
+    proc = cli(arrays, tmp_path, "--weights", "imagenet", "--epochs", "1", env=env)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out
+    error_lines = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, out
+    line = error_lines[0]
+    assert config.VGG16_NOTOP_WEIGHTS in line
+    assert str(tmp_path / "keras_home" / "models") in line
+    assert "--weights PATH" in line and "--weights none" in line
+
+
+# ---------------------------------------------------------------- training runs
+
+def test_two_phases_write_both_checkpoints_that_reload_and_predict(arrays, tmp_path):
+    import keras
+
+    weights = tmp_path / config.VGG16_NOTOP_WEIGHTS
+    write_vgg_weights(weights, legacy=True)
+    assert run_training(arrays, tmp_path, "--weights", str(weights), "--epochs", "2",
+                        "--fine-tune-epochs", "2", "--fresh") == 0
+    models = tmp_path / "models"
+    x = np.load(arrays / "X_val.npy", allow_pickle=False)
+    for name, phase in ((config.BEST_MODEL, 1), (config.FINE_TUNED_MODEL, 2)):
+        model = keras.models.load_model(models / name, safe_mode=True, compile=False)
+        probs = model.predict(x, verbose=0)  # raw uint8 pixels go straight in
+        assert probs.shape == (len(x), 7)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+        info = json.loads((models / name).with_suffix(".json").read_text())
+        assert info["phase"] == phase
+        assert info["class_names"] == list(config.CLASS_NAMES)
+        assert info["image_size"] == SIZE
+        assert info["data"]["sha256"]["X_train.npy"]
+        assert 0 <= info["best_val_accuracy"] <= 1 and info["best_epoch"] >= 1
+        assert info["config"]["weights"] == str(weights)
+        assert info["versions"]["tensorflow"]
+    # Phase 2 trained the top blocks: its block5 kernels moved away from phase 1's.
+    p1 = keras.models.load_model(models / config.BEST_MODEL, compile=False)
+    p2 = keras.models.load_model(models / config.FINE_TUNED_MODEL, compile=False)
+    k1 = p1.get_layer("vgg16").get_layer("block5_conv3").kernel.numpy()
+    k2 = p2.get_layer("vgg16").get_layer("block5_conv3").kernel.numpy()
+    assert not np.allclose(k1, k2)
+    np.testing.assert_allclose(p1.get_layer("vgg16").get_layer("block1_conv1").kernel.numpy(),
+                               p2.get_layer("vgg16").get_layer("block1_conv1").kernel.numpy())
+    logs = tmp_path / "logs" / "t"
+    assert (logs / "training_curves.png").stat().st_size > 0
+    assert list((logs / "phase1").rglob("events.out.tfevents.*"))
+    assert list((logs / "phase2").rglob("events.out.tfevents.*"))
+    assert not (models / config.RESUME_DIR_NAME).exists()  # cleaned up after a finished run
+
+
+def test_early_stopping_stops(arrays, tmp_path):
+    # A learning rate too small to learn: val accuracy soon stops improving.
+    patience, max_epochs = 2, 20
+    assert run_training(arrays, tmp_path, "--weights", "none", "--epochs", str(max_epochs),
+                        "--patience", str(patience), "--lr", "1e-12", "--no-augment", "--fresh") == 0
+    with open(tmp_path / "logs" / "t" / "phase1.csv") as f:
+        val_acc = [float(r["val_accuracy"]) for r in csv.DictReader(f)]
+    assert len(val_acc) < max_epochs
+    last_gain = max(i for i, a in enumerate(val_acc) if a > max(val_acc[:i], default=-1))
+    assert len(val_acc) == last_gain + 1 + patience  # stopped `patience` epochs after the last gain
+
+
+def test_time_budget_stops_cleanly_and_keeps_the_best_checkpoint(arrays, tmp_path, capsys):
+    assert run_training(arrays, tmp_path, "--weights", "none", "--epochs", "50",
+                        "--time-budget", "0.0001", "--fresh") == 0
+    out = capsys.readouterr().out
+    assert "time budget" in out
+    assert len(csv_epochs(tmp_path / "logs" / "t" / "phase1.csv")) == 1
+    assert (tmp_path / "models" / config.BEST_MODEL).is_file()
+
+
+def test_resume_after_interrupt_and_kill_continues_at_the_right_epoch(arrays, tmp_path):
+    args = ("--weights", "none", "--epochs", "4", "--steps-per-epoch", "3", "--fresh")
+
+    def run_until(marker: str, sig: int, extra=args):
+        proc = cli(arrays, tmp_path, *extra)
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if marker in line:
+                proc.send_signal(sig)
+                break
+        rest, _ = proc.communicate(timeout=120)
+        return proc.returncode, "".join(lines) + rest
+
+    # Ctrl+C once epoch 1 is saved (Keras prints "Epoch 2/4" as epoch 2 begins).
+    code, out = run_until("Epoch 2/4", signal.SIGINT)
+    assert code == 130, out
+    assert "Re-run the same command to resume" in out and "Traceback" not in out
+    # Same command without --fresh: resumes; then a hard kill during a later epoch.
+    resume_args = args[:-1]
+    code, out = run_until("Epoch 3/4", signal.SIGKILL, resume_args)
+    assert code == -signal.SIGKILL
+    assert "resuming phase 1 at epoch 2 of 4" in out or "resuming phase 1 at epoch 3 of 4" in out, out
+    proc = cli(arrays, tmp_path, *resume_args)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out
+    assert "resuming phase 1 at epoch 3 of 4" in out or "resuming phase 1 at epoch 4 of 4" in out, out
+    # Every epoch ran exactly once across the three processes.
+    assert sorted(csv_epochs(tmp_path / "logs" / "t" / "phase1.csv")) == [0, 1, 2, 3]
+    assert (tmp_path / "models" / config.BEST_MODEL).is_file()
+
+
+def test_resume_refuses_other_settings(arrays, tmp_path):
+    import model_training
+
+    state = model_training.ResumeState(tmp_path / "models")
+    state.save(None, {"fingerprint": "something-else", "run_name": "t", "phase": 1, "epoch": 1})
+    with pytest.raises(UserError, match="--fresh"):
+        run_training(arrays, tmp_path, "--weights", "none", "--epochs", "1")
+
+
+def test_distributed_path_on_two_logical_cpus(arrays, tmp_path):
+    proc = cli(arrays, tmp_path, "--weights", "none", "--epochs", "1", "--steps-per-epoch", "2",
+               "--logical-cpus", "2", "--fresh")
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out
+    assert "MirroredStrategy over 2 replicas" in out
+    assert (tmp_path / "models" / config.BEST_MODEL).is_file()
+
+
+# ---------------------------------------------------------------- bad arrays
+
+def _rewrite(arrays: Path, tmp_path: Path, name: str, value: np.ndarray, fix_checksum: bool) -> Path:
+    """A copy of the arrays with one array replaced (and meta's checksum updated or not)."""
+    import shutil
+
+    from common import sha256_file
+
+    copy = tmp_path / "arrays"
+    shutil.copytree(arrays, copy)
+    np.save(copy / name, value, allow_pickle=False)
+    if fix_checksum:
+        meta = json.loads((copy / config.META_FILE).read_text())
+        meta["sha256"][name] = sha256_file(copy / name)
+        (copy / config.META_FILE).write_text(json.dumps(meta))
+    return copy
+
+
+@pytest.mark.parametrize("name,make,match", [
+    ("X_train.npy", lambda x, y: x[:, :16, :16], "shape"),
+    ("X_train.npy", lambda x, y: x.astype(np.float32), "dtype"),
+    ("y_train.npy", lambda x, y: y + 100, "labels outside"),
+    ("y_train.npy", lambda x, y: y[:-1], "labels"),
+])
+def test_mismatched_arrays_are_refused(arrays, tmp_path, name, make, match):
+    x = np.load(arrays / "X_train.npy")
+    y = np.load(arrays / "y_train.npy")
+    bad = _rewrite(arrays, tmp_path, name, make(x, y), fix_checksum=True)
+    with pytest.raises(UserError, match=match):
+        run_training(bad, tmp_path, "--weights", "none", "--epochs", "1")
+
+
+def test_stale_arrays_and_missing_meta_fail_in_one_line(arrays, tmp_path):
+    x = np.load(arrays / "X_train.npy")
+    stale = _rewrite(arrays, tmp_path, "X_train.npy", x[::-1].copy(), fix_checksum=False)
+    proc = cli(stale, tmp_path, "--weights", "none")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert out.strip().count("\n") == 0 and out.startswith("error:") and "checksum" in out, out
+    (stale / config.META_FILE).unlink()
+    with pytest.raises(UserError, match="meta.json is missing"):
+        run_training(stale, tmp_path, "--weights", "none")
+    with pytest.raises(UserError, match="not found"):
+        run_training(tmp_path / "nowhere", tmp_path, "--weights", "none")
