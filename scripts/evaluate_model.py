@@ -41,13 +41,32 @@ CONFUSION_PNG = "confusion_matrix.png"
 MISTAKES_PNG = "mistakes.png"
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults, except where there is none to show; keeps the epilog's line breaks."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+EXAMPLES = """examples:
+  evaluate_model.py                                  default model on the test arrays
+  evaluate_model.py --split both --tta               val and test, with and without TTA
+  evaluate_model.py --model models/best_model.keras models/fine_tuned_model.keras
+                                                     compare two models in one table
+  evaluate_model.py --images data/test               straight from an image folder
+"""
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Evaluate one or more trained models: accuracy, per-class precision/recall/F1, "
-        "balanced accuracy, confusion matrix (printed, metrics.json, PNGs, TensorBoard), optionally "
-        "with test-time augmentation. Input is the preprocessed arrays (--data-dir) or an image "
-        "folder (--images).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Evaluate one or more trained models: accuracy, per-class precision/recall/F1,\n"
+        "balanced accuracy and confusion matrix (printed, in metrics.json, as PNGs and in\n"
+        "TensorBoard), optionally with test-time augmentation. Input is the preprocessed\n"
+        "arrays (--data-dir) or an image folder (--images).",
+        epilog=EXAMPLES,
+        formatter_class=_HelpFormatter,
     )
     m = p.add_argument_group("model")
     m.add_argument("--model", type=Path, nargs="+", default=None, metavar="PATH",
@@ -213,6 +232,9 @@ class ImageFolder:
         if not use.any():
             raise UserError(f"no readable images in the class folders of {self.root}")
         missing = [c for i, c in enumerate(class_names) if i not in known.values()]
+        if missing:
+            print(f"warning: no folder in {self.root} for the classes {missing}: their support is 0",
+                  file=sys.stderr)
         return EvalData(IMAGES_SPLIT, pixels[use][..., None], labels[use], list(class_names), {
             "source": "image folder", "dir": str(self.root.resolve()),
             "folders": {f: class_names[i] for f, i in sorted(known.items())},
@@ -247,16 +269,34 @@ def model_classes(path: Path, n_outputs: int, data_classes: list[str] | None) ->
     return list(info["class_names"]), info.get("sidecar")
 
 
-def check_model(model, path: Path, data: EvalData, model_names: list[str], where: str) -> None:
-    """Refuse a model whose outputs or input size do not fit the data."""
-    n_out = model.output_shape[-1] if not isinstance(model.output_shape, list) else None
-    if n_out is None:
-        raise UserError(f"{path} has several outputs; expected one softmax over the classes")
-    classes = data.class_names
+def output_count(model, path: Path) -> int:
+    shape = model.output_shape
+    if isinstance(shape, list) or len(shape) != 2 or not isinstance(shape[1], int):
+        raise UserError(f"{path} has output shape {shape}; expected one softmax over the classes (None, K)")
+    return shape[1]
+
+
+def input_size(model, path: Path) -> int:
+    """S of a model taking (S, S, 1) grayscale images; UserError for any other input."""
+    shape = model.input_shape
+    if isinstance(shape, list) or len(shape) != 4 or shape[3] != 1 or shape[1] != shape[2] \
+            or not isinstance(shape[1], int):
+        raise UserError(f"{path} takes input {shape}; expected square grayscale images (None, S, S, 1) "
+                        "as the models of model_training.py take")
+    return shape[1]
+
+
+def check_count(path: Path, n_out: int, classes: list[str], where: str) -> None:
     if n_out != len(classes):
         raise UserError(f"{path} has {n_out} outputs but {where} has {len(classes)} classes {classes}: "
                         "the model was trained on other data; evaluate it on matching data, or pass the "
                         "matching --model")
+
+
+def check_model(model, path: Path, data: EvalData, model_names: list[str], where: str) -> None:
+    """Refuse a model whose outputs or input size do not fit the data."""
+    classes = data.class_names
+    check_count(path, output_count(model, path), classes, where)
     if list(model_names) != list(classes):
         raise UserError(f"{path} was trained on classes {list(model_names)} (its {sidecar_path(path).name}) "
                         f"but {where} has classes {classes}: the labels would not match")
@@ -298,11 +338,13 @@ def tta_description(size: int) -> str:
     return f"mean of 6 views: identity, horizontal flip, shifts of {s} px up/down/left/right (edge padding)"
 
 
-def make_predictor(model, tta: bool):
-    """A compiled function uint8 batch -> (probabilities, TTA probabilities or None)."""
+def make_predictor(model, size: int, tta: bool):
+    """A compiled function uint8 batch -> (probabilities, TTA probabilities or None).
+
+    One tf.function per model (traced once, for any batch length), reused across splits.
+    """
     import tensorflow as tf
 
-    size = int(model.input_shape[1])
     spec = [tf.TensorSpec([None, size, size, 1], tf.uint8)]
     shift = tta_shift(size)
 
@@ -324,11 +366,11 @@ def make_predictor(model, tta: bool):
     return lambda b: (plain(b).numpy(), None)
 
 
-def predict(model, x: np.ndarray, batch_size: int, tta: bool, desc: str) -> tuple[np.ndarray, np.ndarray | None, float]:
-    """Batched inference with a progress bar; returns (probs, TTA probs or None, seconds)."""
+def predict(run, x: np.ndarray, batch_size: int, tta: bool, desc: str) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """Batched inference through `run` (make_predictor) with a progress bar;
+    returns (probs, TTA probs or None, seconds)."""
     from tqdm import tqdm
 
-    run = make_predictor(model, tta)
     probs, tta_probs = [], []
     started = time.perf_counter()
     with tqdm(total=len(x), desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True,
@@ -421,8 +463,8 @@ def plot_confusion(cm: np.ndarray, class_names: list[str], title: str) -> bytes:
     fontsize = 10 if n <= 7 else 8 if n <= 12 else 6
     fig = _figure(figsize=(2 * side + 1.6, side + 0.9), layout="constrained")
     axes = fig.subplots(1, 2)
-    panels = ((axes[0], cm, max(int(cm.max()), 1), "counts"),
-              (axes[1], norm, 1.0, "normalised by true class (rows sum to 1)"))
+    panels = ((axes[0], cm, max(int(cm.max()), 1), "counts\n"),
+              (axes[1], norm, 1.0, "normalised by true class\n(each row sums to 1)"))
     for ax, data, vmax, name in panels:
         image = ax.imshow(data, cmap="Blues", vmin=0, vmax=vmax)
         ax.set_title(name, fontsize=11)
@@ -487,7 +529,7 @@ def write_tensorboard(log_dir: Path, images: dict[str, bytes], scalars: dict[str
     writer.close()
 
 
-def print_report(tag: str, metrics: dict, tta_metrics: dict | None, tta_desc: str | None) -> None:
+def print_report(metrics: dict, tta_metrics: dict | None, tta_desc: str | None) -> None:
     names = metrics["class_names"]
     rows = [[c, r["precision"], r["recall"], r["f1-score"], int(r["support"])]
             for c, r in metrics["per_class"].items()]
@@ -535,13 +577,14 @@ def library_versions() -> dict:
             "numpy": np.__version__, "scikit-learn": sklearn.__version__}
 
 
-def evaluate_one(model, model_path: Path, model_sha: str, model_side: dict, tag: str, data: EvalData,
+def evaluate_one(run, model_path: Path, model_sha: str, model_side: dict, tag: str, data: EvalData,
                  args, warnings_: list[str]) -> dict:
     """Predict, compute metrics, write metrics.json, the PNGs and TensorBoard; returns a summary row."""
     run_tag = f"{tag}-{data.split}"
     out_dir = args.out_dir / run_tag
-    print(f"\n== {model_path.name} on {data.split}: {len(data.y)} images, {len(data.class_names)} classes ==")
-    probs, tta_probs, seconds = predict(model, data.x, args.batch_size, args.tta,
+    print(f"\n== {model_path.name} on {data.split}: {len(data.y)} images, {len(data.class_names)} classes ==",
+          flush=True)
+    probs, tta_probs, seconds = predict(run, data.x, args.batch_size, args.tta,
                                         f"predicting {data.split}" + (" (TTA)" if args.tta else ""))
     print(f"predicted {len(data.y)} images in {seconds:.1f} s ({1000 * seconds / max(len(data.y), 1):.2f} ms/img"
           + (", 6 views each" if args.tta else "") + ")")
@@ -549,7 +592,7 @@ def evaluate_one(model, model_path: Path, model_sha: str, model_side: dict, tag:
     tta_metrics = compute_metrics(data.y, tta_probs, data.class_names) if tta_probs is not None else None
     size = data.x.shape[1]
     tta_desc = tta_description(size) if args.tta else None
-    print_report(run_tag, metrics, tta_metrics, tta_desc)
+    print_report(metrics, tta_metrics, tta_desc)
 
     title = f"{model_path.name} on {data.split} ({len(data.y)} images): accuracy {metrics['accuracy']:.3f}"
     images = {"confusion_matrix": plot_confusion(np.array(metrics["confusion_matrix"]), data.class_names, title)}
@@ -558,6 +601,8 @@ def evaluate_one(model, model_path: Path, model_sha: str, model_side: dict, tag:
         images["mistakes"] = plot_mistakes(data.x, data.y, probs, mistakes, data.class_names,
                                            f"most confident mistakes: {model_path.name} on {data.split}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Until the new metrics.json is written, the folder is visibly incomplete (no stale one).
+    (out_dir / METRICS_FILE).unlink(missing_ok=True)
     files = {"confusion_matrix": out_dir / CONFUSION_PNG, "mistakes": out_dir / MISTAKES_PNG}
     for name, png in images.items():
         atomic_write_bytes(files[name], lambda f, png=png: f.write(png))
@@ -652,33 +697,50 @@ def main(argv=None) -> int:
             folder.mapping(list(info["class_names"]))  # fail early when no folder matches
             folder.decode(int(info["image_size"]))
         where = f"the image folder {folder.root}"
-        datasets = None
+        datasets = meta = None
     else:
         meta, datasets = load_arrays(args.data_dir, args.split)
         where = f"the arrays in {args.data_dir}"
 
     import tensorflow as tf  # noqa: F401  (after the checks above: errors stay fast)
 
-    tags = unique_tags(model_paths)
-    rows = []
-    for path, tag in zip(model_paths, tags):
+    # Load and check every model before evaluating any: a misfit one fails the run up front.
+    prepared = []
+    for path, tag in zip(model_paths, unique_tags(model_paths)):
         model = load_model(path)
-        n_out = model.output_shape[-1] if not isinstance(model.output_shape, list) else -1
+        n_out = output_count(model, path)
+        size = input_size(model, path)
         notes = []
+        if folder is None:
+            check_count(path, n_out, meta["class_names"], where)
         names, note = model_classes(path, n_out, None if folder else meta["class_names"])
         if note:
             print(f"warning: {note}", file=sys.stderr)
             notes.append(note)
-        side = model_info(path) if sidecar_path(path).is_file() else {}
         if folder is not None:
-            datasets = [folder.for_model(names, int(model.input_shape[1]))]
-            notes += [f"unknown folder skipped: {f}" for f in datasets[0].info["skipped_folders"]]
+            folder.mapping(names)
+            if n_out != len(names):
+                raise UserError(f"{path} has {n_out} outputs but its {sidecar_path(path).name} lists "
+                                f"{len(names)} classes {names}")
+            data_list = None  # decoded per model below (the folder mapping depends on its classes)
+        else:
+            data_list = datasets
+            for data in data_list:
+                check_model(model, path, data, names, where)
+        prepared.append((path, tag, model, n_out, size, names, notes, data_list))
+
+    rows = []
+    for path, tag, model, n_out, size, names, notes, data_list in prepared:
+        if data_list is None:
+            data_list = [folder.for_model(names, size)]
+            notes = notes + [f"unknown folder skipped: {f}" for f in data_list[0].info["skipped_folders"]]
+            check_model(model, path, data_list[0], names, where)
+        side = model_info(path) if sidecar_path(path).is_file() else {}
         sha = sha256_file(path)
         print(f"\nmodel {path} (sha256 {sha[:12]}...): {n_out} outputs, input {model.input_shape[1:]}")
-        for data in datasets:
-            check_model(model, path, data, names, where)
-            rows.append(evaluate_one(model, path, sha, side, tag, data, args, notes))
-        del model
+        run = make_predictor(model, size, args.tta)
+        for data in data_list:
+            rows.append(evaluate_one(run, path, sha, side, tag, data, args, notes))
     if len(rows) > 1:
         print_comparison(rows, args.tta, args.out_dir)
     return 0

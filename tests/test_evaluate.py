@@ -29,6 +29,9 @@ import data_processing  # noqa: E402
 import evaluate_model  # noqa: E402
 from common import UserError  # noqa: E402
 
+# Keras's model.save under NumPy 2 (not this code): "__array__ implementation doesn't accept a copy keyword".
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 SIZE = 32
 CLASSES = ["angry", "happy", "sad", "surprise"]
 SCRIPT = str(ROOT / "scripts" / "evaluate_model.py")
@@ -290,6 +293,24 @@ def test_sidecar_class_names_that_differ_are_refused(env, tmp_path):
     model.with_suffix(".json").write_text(json.dumps({"class_names": CLASSES[::-1], "image_size": SIZE}))
     with pytest.raises(UserError, match="trained on classes"):
         run_main(env, tmp_path, "--model", str(model))
+
+
+def test_a_misfit_model_among_several_fails_before_any_evaluation(env, tmp_path):
+    models = env["models"]
+    with pytest.raises(UserError, match="3 outputs"):
+        run_main(env, tmp_path, "--model", str(models / "small.keras"), str(models / "three_classes.keras"))
+    assert not (tmp_path / "eval").exists()
+
+
+def test_model_without_sidecar_uses_the_arrays_classes_with_a_warning(env, tmp_path, capsys):
+    model = tmp_path / "bare.keras"
+    shutil.copy(env["models"] / "small.keras", model)
+    assert run_main(env, tmp_path, "--model", str(model), "--mistakes", "0") == 0
+    assert "assuming the model's 4 outputs are the data's classes" in capsys.readouterr().err
+    folder = tmp_path / "eval" / "bare-test"
+    doc = json.loads((folder / "metrics.json").read_text())
+    assert doc["metrics"]["class_names"] == CLASSES and doc["model"]["sidecar"] is None
+    assert not (folder / "mistakes.png").exists() and (folder / "confusion_matrix.png").exists()
 
 
 def test_corrupt_arrays_are_refused_before_loading_a_model(env, tmp_path):
