@@ -85,8 +85,9 @@ def main() -> None:
 
     pipe, bare_ips = max(results["pipeline"]), max(results["bare"])
     print(f"model: VGG16-BN {size}x{size}, batch {batch}, {os.cpu_count()} CPU cores, precision {precision}")
-    print(f"pipeline (tf.data + augmentation) : {pipe:7.1f} img/s  (runs: {', '.join(f'{v:.1f}' for v in results['pipeline'])})")
-    print(f"bare model.fit (in-memory tensors): {bare_ips:7.1f} img/s  (runs: {', '.join(f'{v:.1f}' for v in results['bare'])})")
+    runs = {k: ", ".join(f"{v:.1f}" for v in vals) for k, vals in results.items()}
+    print(f"pipeline (tf.data + augmentation) : {pipe:7.1f} img/s  (runs: {runs['pipeline']})")
+    print(f"bare model.fit (in-memory tensors): {bare_ips:7.1f} img/s  (runs: {runs['bare']})")
     print(f"ratio pipeline/bare: {pipe / bare_ips:.2f}  (target >= 0.9)")
     print(f"bare float32: {f32:.1f} img/s; {precision}/float32 speed ratio: {bare_ips / f32:.2f}")
 

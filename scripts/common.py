@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -16,6 +17,15 @@ import numpy as np
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except for on/off switches and unset options, where they mislead."""
+
+    def _get_help_string(self, action):
+        if action.nargs == 0 or action.default is None or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
 
 
 class UserError(Exception):
@@ -41,6 +51,30 @@ def run_cli(main: Callable[[], int | None]) -> None:
 
 def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def import_tensorflow():
+    """Import TensorFlow and Keras with their start-up banners silenced.
+
+    TF 2.21 prints "oneDNN custom operations are on" through absl before any setting is
+    read (TF_CPP_MIN_LOG_LEVEL does not stop it), so stderr is muted at the fd level for
+    the import only. Python errors raised by the import still show.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import keras  # noqa: F401
+        import tensorflow
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    return tensorflow
 
 
 def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:

@@ -20,7 +20,7 @@ import platform
 import signal
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 import config
 from artifacts import FORMAT_VERSION, array_names
-from common import UserError, atomic_save_npy, atomic_write_json, format_table, run_cli, sha256_file
+from common import HelpFormatter, UserError, atomic_save_npy, atomic_write_json, format_table, run_cli, sha256_file
 from imaging import BadImage, list_files, load_gray
 
 PARALLEL_MIN_FILES = 256  # below this a process pool costs more than it saves
@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Preprocess an image-folder dataset (train/<class>/, optional test/<class>/) "
         "into uint8 48x48 grayscale arrays plus meta.json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--data-dir", type=Path, default=config.DATA_DIR,
                    help="dataset folder holding train/<class>/ and optionally test/<class>/")
@@ -282,7 +282,10 @@ def main(argv=None) -> int:
     split_index = {s: np.flatnonzero(assignment == s) for s in config.SPLITS}
     if has_test:
         split_index["test"] = None
-    arrays, hashes, labels, paths = {}, {"train_folder": train_hashes}, {"train_folder": train_labels}, {"train_folder": train_paths}
+    arrays: dict[str, np.ndarray] = {}
+    hashes = {"train_folder": train_hashes}
+    labels = {"train_folder": train_labels}
+    paths = {"train_folder": train_paths}
     for split in config.SPLITS:
         idx = split_index[split]
         if idx is None:
@@ -304,9 +307,10 @@ def main(argv=None) -> int:
     if len(arrays["train"]) == 0:
         raise UserError("no training images left after splitting; lower --val-fraction/--test-fraction")
 
-    near_blank = [paths["train_folder"][i] for i in np.flatnonzero(pixel_std(train_pixels) < config.NEAR_BLANK_STD)]
+    blank = config.NEAR_BLANK_STD
+    near_blank = [paths["train_folder"][i] for i in np.flatnonzero(pixel_std(train_pixels) < blank)]
     if has_test:
-        near_blank += [paths["test"][i] for i in np.flatnonzero(pixel_std(arrays["test"]) < config.NEAR_BLANK_STD)]
+        near_blank += [paths["test"][i] for i in np.flatnonzero(pixel_std(arrays["test"]) < blank)]
 
     sha = write_arrays(args.out_dir, arrays, labels)
     counts = {s: {c: int((labels[s] == k).sum()) for k, c in enumerate(classes)} for s in config.SPLITS}

@@ -30,7 +30,8 @@ import numpy as np
 
 import config
 from artifacts import array_names, load_split, read_meta
-from common import UserError, atomic_write_bytes, atomic_write_json, format_table, run_cli, sha256_file
+from common import (UserError, atomic_write_bytes, atomic_write_json, format_table, import_tensorflow,
+                    run_cli, sha256_file)
 from emotion_model import default_model_path, load_model, model_info, sidecar_path
 
 SPLIT_CHOICES = ("val", "test", "both")
@@ -702,7 +703,7 @@ def main(argv=None) -> int:
         meta, datasets = load_arrays(args.data_dir, args.split)
         where = f"the arrays in {args.data_dir}"
 
-    import tensorflow as tf  # noqa: F401  (after the checks above: errors stay fast)
+    import_tensorflow()  # after the checks above: errors stay fast
 
     # Load and check every model before evaluating any: a misfit one fails the run up front.
     prepared = []

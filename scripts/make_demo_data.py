@@ -18,14 +18,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import config
-from common import UserError, run_cli
+from common import HelpFormatter, UserError, run_cli
 
 CANVAS = 96  # drawn at 2x, then downscaled: smoother lines
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Generate synthetic face images per emotion (demo data).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--out-dir", type=Path, default=config.DEMO_DATA_DIR, help="dataset folder to create")
     p.add_argument("--train-per-class", type=int, default=60, help="training images per emotion")
     p.add_argument("--test-per-class", type=int, default=15, help="test images per emotion")

@@ -26,7 +26,7 @@ import numpy as np
 
 import config
 from artifacts import load_split, read_meta
-from common import UserError, atomic_save_keras, atomic_write_json, run_cli
+from common import HelpFormatter, UserError, atomic_save_keras, atomic_write_json, import_tensorflow, run_cli
 
 # Settings that must match for a run to be resumed (others, like --epochs, may change).
 RESUME_KEYS = ("weights", "batch_size", "lr", "fine_tune_lr", "fine_tune_blocks", "optimizer",
@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Train the VGG16 emotion classifier on preprocessed arrays. Re-run the same "
         "command after an interruption to resume; --fresh starts over.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     io = p.add_argument_group("files")
     io.add_argument("--data-dir", type=Path, default=config.PREPROCESSED_DIR,
@@ -496,7 +496,7 @@ def main(argv=None) -> int:
     print(f"data: {len(train.y)} train / {len(val.y)} val images, {meta['image_size']}x{meta['image_size']}, "
           f"classes {meta['class_names']}")
 
-    import tensorflow as tf  # noqa: F401  (after argument checks: --help and errors stay fast)
+    import_tensorflow()  # after argument checks: --help and errors stay fast
 
     strategy, precision, hw = setup_hardware(args)
     print(f"hardware: {hw}")
