@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 import config
-from common import UserError
+from common import UserError, import_tensorflow
 
 # VGG16 "caffe" preprocessing: BGR channel means of ImageNet, no scaling.
 VGG_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -127,12 +127,13 @@ def sidecar_path(model_path: Path) -> Path:
 
 def load_model(model_path: Path, compile: bool = False):
     """Load a .keras (or legacy .h5) model safely; UserError if missing or unreadable."""
-    import keras
-
     model_path = Path(model_path)
     if not model_path.is_file():
         raise UserError(f"model not found: {model_path} (train one with scripts/model_training.py, "
                         "or pass --model PATH)")
+    import_tensorflow()
+    import keras
+
     try:
         return keras.models.load_model(model_path, compile=compile, safe_mode=True)
     except Exception as exc:

@@ -82,6 +82,9 @@ def main(argv=None) -> int:
     model_path = args.model or emotion_model.default_model_path(args.models_dir)
     if model_path.suffix == config.TFLITE_SUFFIX:
         raise UserError(f"{model_path} is already a LiteRT model: pass the .keras model it came from")
+    if not model_path.is_file():  # before importing Keras (seconds) just to say so
+        raise UserError(f"model not found: {model_path} (train one with scripts/model_training.py, "
+                        "or pass --model PATH)")
     out = tflite_path(model_path)
     if not emotion_model.sidecar_path(model_path).is_file():
         print(f"warning: {emotion_model.sidecar_path(model_path)} is missing: prediction will assume "

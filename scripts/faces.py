@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 import config
+from common import UserError
 
 DETECTORS = ("opencv", "mtcnn")
 
@@ -50,7 +51,7 @@ class Detection:
 
 def detect_faces(image: Image.Image, detector: str = "opencv",
                  max_side: int = config.DETECT_MAX_SIDE) -> list[Box]:
-    """Faces in an RGB (or L) image, largest first, as (x, y, w, h) in image pixels."""
+    """Faces in an RGB (or L) image, left to right, as (x, y, w, h) in image pixels."""
     if detector not in DETECTORS:
         raise ValueError(f"unknown detector {detector!r} (choose from {', '.join(DETECTORS)})")
     width, height = image.size
@@ -66,7 +67,7 @@ def detect_faces(image: Image.Image, detector: str = "opencv",
         box = clamp_box(tuple(v / scale for v in det.box), width, height)
         if box is not None:
             boxes.append(box)
-    return sorted(boxes, key=lambda b: (-b[2] * b[3], b[0], b[1]))
+    return sorted(boxes, key=lambda b: (b[0], b[1]))
 
 
 def crop_box(box: Box, width: int, height: int, margin: float = config.FACE_MARGIN) -> tuple[int, int, int, int]:
@@ -129,8 +130,8 @@ def _cascade(name: str):
         path = cv2.data.haarcascades + name
         cascade = cv2.CascadeClassifier(path)
         if cascade.empty():
-            raise RuntimeError(f"cannot load OpenCV's {name} (opencv-python-headless 4.x ships it: "
-                               f"reinstall it, see requirements.txt)")
+            raise UserError(f"cannot load OpenCV's {name} (opencv-python-headless 4.x ships it: "
+                            f"reinstall it, see requirements.txt)")
         _cascades[name] = cascade
     return _cascades[name]
 
@@ -178,14 +179,24 @@ def _confirmed(padded: np.ndarray, box: Box) -> bool:
 _mtcnn = None
 
 
-def _detect_mtcnn(image: Image.Image) -> list[Detection]:
+def load_detector(detector: str) -> None:
+    """Load a detector now (not at the first photo), so that a missing piece is one clear
+    error before any work. MTCNN imports TensorFlow: seconds."""
     global _mtcnn
-    if _mtcnn is None:
+    if detector == "opencv":
+        _cascade(PROPOSE_CASCADE)
+        _cascade(CONFIRM_CASCADE)
+    elif detector == "mtcnn" and _mtcnn is None:
         try:
             from mtcnn import MTCNN
-        except ImportError:
-            raise RuntimeError("--detector mtcnn needs the mtcnn package: pip install mtcnn==1.0.0") from None
+        except ImportError as exc:
+            raise UserError(f"--detector mtcnn needs the mtcnn package ({exc}): "
+                            "pip install mtcnn==1.0.0, or use --detector opencv") from None
         _mtcnn = MTCNN(device="CPU:0")
+
+
+def _detect_mtcnn(image: Image.Image) -> list[Detection]:
+    load_detector("mtcnn")
     # Always hand MTCNN decoded pixels: given a string it would open the file itself.
     pixels = np.ascontiguousarray(np.asarray(image.convert("RGB")))
     if min(pixels.shape[:2]) < 12:

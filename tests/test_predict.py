@@ -1,0 +1,398 @@
+"""export_model.py and predict_emotion.py: LiteRT vs Keras agreement, face detection on
+real photos, output formats, annotation, untrusted inputs, folders and globs, and the
+TensorFlow-free LiteRT path.
+
+One tiny untrained model (VGG16 layout, 48x48, random weights with a sharpened head so
+that different inputs get different top classes) is built and exported once per module.
+Most runs are in-process; subprocesses only where exit codes or stderr matter, and
+those use the LiteRT backend (about a second each, no TensorFlow import).
+"""
+
+import contextlib
+import csv
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import config  # noqa: E402
+import faces  # noqa: E402
+import predict_emotion  # noqa: E402
+from common import UserError, atomic_write_json  # noqa: E402
+
+PHOTOS = ROOT.parent / "shared" / "photos"
+SCRIPT = str(ROOT / "scripts" / "predict_emotion.py")
+SIZE = 48
+EXPORT_OUTPUT: list[str] = []  # what export_model.py printed in the fixture
+# Keras 3.15 + NumPy 2.4 warn inside Keras on every call; nothing to act on here.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+needs_photos = pytest.mark.skipif(not (PHOTOS / "two_people.jpg").is_file(),
+                                  reason="../shared/photos is not available")
+
+
+# ------------------------------------------------------------------------------ fixtures
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    """models/best_model.keras + .json sidecar + .tflite (via export_model.main)."""
+    import emotion_model
+    import export_model
+
+    models = tmp_path_factory.mktemp("models")
+    path = models / config.BEST_MODEL
+    model = emotion_model.build_model(len(config.CLASS_NAMES), SIZE, "none", dense_units=16)
+    # An untrained VGG gives nearly the same features for every input; a random head
+    # centred on their mean and scaled up makes the top class depend on the input.
+    import keras
+
+    features = keras.Model(model.input, model.get_layer("head_dense").output)
+    f = np.asarray(features.predict_on_batch(np.stack([face_like(s) for s in range(100, 116)])[..., None]))
+    kernel = np.random.default_rng(0).normal(0, 1, (f.shape[1], len(config.CLASS_NAMES)))
+    kernel *= 3.0 / max(float(((f - f.mean(0)) @ kernel).std()), 1e-6)
+    model.get_layer("emotion").set_weights([kernel.astype(np.float32), (-f.mean(0) @ kernel).astype(np.float32)])
+    model.save(path)
+    atomic_write_json(path.with_suffix(".json"), {
+        "model": path.name, "class_names": list(config.CLASS_NAMES), "image_size": SIZE,
+        "input": f"raw grayscale pixels 0-255, shape (N, {SIZE}, {SIZE}, 1)"})
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert export_model.main(["--model", str(path), "--check-samples", "4"]) == 0
+    EXPORT_OUTPUT.append(printed.getvalue())
+    return path
+
+
+def face_like(seed: int, size: int = SIZE) -> np.ndarray:
+    """Smooth random blobs: varied model inputs without any data set."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, (6, 6))
+    img = Image.fromarray(coarse.astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(img)
+
+
+@pytest.fixture(scope="module")
+def crops(tmp_path_factory) -> Path:
+    """A folder of 48x48 grayscale PNG "face crops" in two sub-folders, plus a non-image."""
+    base = tmp_path_factory.mktemp("crops")
+    for i in range(6):
+        sub = base / ("a" if i < 3 else "b")
+        sub.mkdir(exist_ok=True)
+        Image.fromarray(face_like(i)).save(sub / f"crop{i}.png")
+    (base / "notes.txt").write_text("not an image, and not an image name")
+    (base / ".hidden.png").write_bytes(b"ignored")
+    return base
+
+
+def predict(capsys, *args: str) -> tuple[int, str, str]:
+    code = predict_emotion.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def litert(model_path: Path) -> list[str]:
+    return ["--model", str(model_path), "--backend", "litert"]
+
+
+# ------------------------------------------------------------------------------ export
+
+def test_litert_and_keras_agree(model_path):
+    from litert_runtime import LiteRTClassifier
+
+    keras_clf = predict_emotion.KerasClassifier(model_path)
+    lite = LiteRTClassifier(model_path.with_suffix(".tflite"))
+    assert (lite.image_size, lite.num_outputs) == (SIZE, len(config.CLASS_NAMES))
+    rng = np.random.default_rng(1)
+    x = np.stack([face_like(s) for s in range(10)]
+                 + [rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8) for _ in range(4)]
+                 + [np.zeros((SIZE, SIZE), np.uint8), np.full((SIZE, SIZE), 255, np.uint8)])
+    expected = keras_clf.predict(x)
+    got = lite.predict(x, batch_size=5)  # several chunks, the last one smaller
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+    assert (got.argmax(1) == expected.argmax(1)).all()
+    assert len(set(expected.argmax(1))) > 1, "the test model should not give one class for everything"
+    # One image at a time gives the same as a batch.
+    np.testing.assert_allclose(lite.predict(x[:1]), got[:1], atol=1e-5)
+
+
+def test_export_errors_are_one_line(tmp_path, capsys):
+    import export_model
+
+    with pytest.raises(UserError, match="model not found"):
+        export_model.main(["--model", str(tmp_path / "nope.keras")])
+    with pytest.raises(UserError, match="already a LiteRT model"):
+        export_model.main(["--model", str(tmp_path / "x.tflite")])
+
+
+def test_export_writes_only_the_tflite_and_prints_the_difference(model_path):
+    (out,) = EXPORT_OUTPUT
+    assert "max |keras - litert| =" in out and "top class identical" in out
+    assert sorted(p.name for p in model_path.parent.iterdir()) == [
+        "best_model.json", "best_model.keras", "best_model.tflite"]  # no staging files left
+    assert model_path.with_suffix(".tflite").stat().st_mtime >= model_path.stat().st_mtime
+
+
+def test_auto_backend_prefers_fresh_tflite(model_path, tmp_path, capsys):
+    args = predict_emotion.parse_args(["--image_path", "x", "--model", str(model_path)])
+    backend, file, info = predict_emotion.choose_model(args)
+    assert (backend, file, info) == ("litert", model_path.with_suffix(".tflite"), model_path)
+    # A .keras newer than its .tflite (retrained, not re-exported): Keras, with a note.
+    stale = tmp_path / "stale.keras"
+    stale.write_bytes(b"x")
+    stale.with_suffix(".tflite").write_bytes(b"x")
+    old = stale.stat().st_mtime - 100
+    os.utime(stale.with_suffix(".tflite"), (old, old))
+    args = predict_emotion.parse_args(["--image_path", "x", "--model", str(stale)])
+    assert predict_emotion.choose_model(args)[0] == "keras"
+    assert "older than" in capsys.readouterr().err
+    args = predict_emotion.parse_args(["--image_path", "x", "--model", str(tmp_path / "none.keras"),
+                                       "--backend", "litert"])
+    with pytest.raises(UserError, match="export_model.py"):
+        predict_emotion.choose_model(args)
+
+
+# ------------------------------------------------------------------------------ photos
+
+@needs_photos
+def test_faces_on_real_photos(model_path, capsys):
+    code, out, _ = predict(capsys, "--image_path", str(PHOTOS / "obama.jpg"), str(PHOTOS / "two_people.jpg"),
+                           "--json", *litert(model_path))
+    assert code == 0
+    records = json.loads(out)
+    by_image = {}
+    for rec in records:
+        by_image.setdefault(Path(rec["image"]).name, []).append(rec)
+    assert [len(by_image["obama.jpg"]), len(by_image["two_people.jpg"])] == [1, 2]
+    for rec in records:
+        width, height = Image.open(rec["image"]).size
+        b = rec["box"]
+        assert rec["face_found"] is True
+        assert 0 <= b["x"] and 0 <= b["y"] and b["x"] + b["w"] <= width and b["y"] + b["h"] <= height
+        assert b["w"] >= 40 and b["h"] >= 40
+        assert rec["emotion"] in config.CLASS_NAMES and rec["emotion"] == rec["top3"][0]["emotion"]
+        assert len(rec["top3"]) == 3
+        assert sum(rec["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    left, right = by_image["two_people.jpg"]
+    assert left["box"]["x"] + left["box"]["w"] <= right["box"]["x"]  # two different faces
+
+
+@needs_photos
+def test_detector_on_every_shared_photo():
+    import imaging
+
+    expected = {"obama.jpg": 1, "biden.jpg": 1, "obama-240p.jpg": 1, "32bit.png": 1,
+                "two_people.jpg": 2, "obama_partial_face.jpg": 1}
+    found = {name: len(faces.detect_faces(imaging.to_rgb(imaging.open_image(PHOTOS / name))))
+             for name in expected}
+    assert found == expected
+
+
+@needs_photos
+def test_mtcnn_detector_finds_both_faces(model_path, capsys):
+    pytest.importorskip("mtcnn")
+    code, out, _ = predict(capsys, "--image_path", str(PHOTOS / "two_people.jpg"), "--detector", "mtcnn",
+                           "--jsonl", *litert(model_path))
+    assert code == 0
+    records = [json.loads(line) for line in out.splitlines()]
+    assert len(records) == 2 and all(r["face_found"] for r in records)
+
+
+@needs_photos
+def test_keras_backend_gives_the_same_answers(model_path, capsys):
+    photo = str(PHOTOS / "two_people.jpg")
+    _, lite_out, _ = predict(capsys, "--image_path", photo, "--jsonl", *litert(model_path))
+    _, keras_out, _ = predict(capsys, "--image_path", photo, "--jsonl", "--model", str(model_path),
+                              "--backend", "keras")
+    lite = [json.loads(line) for line in lite_out.splitlines()]
+    keras = [json.loads(line) for line in keras_out.splitlines()]
+    assert [r["emotion"] for r in lite] == [r["emotion"] for r in keras]
+    assert [r["box"] for r in lite] == [r["box"] for r in keras]
+    for a, b in zip(lite, keras):
+        assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-3)
+
+
+@needs_photos
+def test_csv_and_annotate_on_photos(model_path, capsys, tmp_path):
+    out_dir = tmp_path / "annotated"
+    code, out, err = predict(capsys, "--image_path", str(PHOTOS / "two_people.jpg"),
+                             str(PHOTOS / "32bit.png"), "--csv", "--annotate", str(out_dir),
+                             *litert(model_path))
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert list(rows[0].keys()) == predict_emotion.CSV_HEADER
+    assert [Path(r["image"]).name for r in rows] == ["two_people.jpg", "two_people.jpg", "32bit.png"]
+    assert {r["face_found"] for r in rows} == {"true"}
+    for r in rows:
+        assert float(r["confidence"]) >= float(r["top2_probability"]) >= float(r["top3_probability"])
+    written = sorted(p.name for p in out_dir.iterdir())
+    assert written == ["32bit.png", "two_people.jpg"]
+    with Image.open(out_dir / "two_people.jpg") as im, Image.open(PHOTOS / "two_people.jpg") as orig:
+        assert im.size == orig.size and im.mode == "RGB"
+        # Something was drawn at the first face's box.
+        x, y = int(rows[0]["x"]), int(rows[0]["y"])
+        drawn, before = np.asarray(im, float)[y + 5, x + 1], np.asarray(orig.convert("RGB"), float)[y + 5, x + 1]
+        assert np.abs(drawn - before).max() > 60
+
+
+# ------------------------------------------------------------------------------ crops, folders, globs
+
+def test_folder_glob_json_and_csv_without_detection(model_path, crops, capsys):
+    code, out, _ = predict(capsys, "--image_path", str(crops), "--no-detect", "--json", *litert(model_path))
+    assert code == 0
+    records = json.loads(out)
+    names = [Path(r["image"]).name for r in records]
+    assert names == [f"crop{i}.png" for i in range(6)]  # recursive, sorted, .txt and hidden left out
+    assert all(r["face_found"] is None and r["box"] == {"x": 0, "y": 0, "w": SIZE, "h": SIZE}
+               for r in records)
+
+    code, out, _ = predict(capsys, "--image_path", str(crops / "*" / "crop[0-3].png"), str(crops / "a"),
+                           "--no-detect", "--csv", *litert(model_path))
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [Path(r["image"]).name for r in rows] == ["crop0.png", "crop1.png", "crop2.png", "crop3.png"]
+    assert {r["face_found"] for r in rows} == {""}
+
+    # The same pixels as the in-memory model call: the CLI adds nothing to the input.
+    from litert_runtime import LiteRTClassifier
+
+    probs = LiteRTClassifier(model_path.with_suffix(".tflite")).predict(np.stack([face_like(i) for i in range(6)]))
+    assert [r["emotion"] for r in records] == [config.CLASS_NAMES[k] for k in probs.argmax(1)]
+
+
+def test_no_face_falls_back_to_whole_image(model_path, tmp_path, capsys):
+    path = tmp_path / "wall.png"
+    Image.fromarray(face_like(7, 200)).save(path)
+    code, out, err = predict(capsys, "--image_path", str(path), "--jsonl", "--annotate", str(tmp_path / "ann"),
+                             *litert(model_path))
+    assert code == 0
+    (rec,) = [json.loads(line) for line in out.splitlines()]
+    assert rec["face_found"] is False and rec["box"] == {"x": 0, "y": 0, "w": 200, "h": 200}
+    assert "no face found" in err
+    assert (tmp_path / "ann" / "wall.png").is_file()
+
+
+def test_human_readable_output(model_path, crops, capsys):
+    code, out, _ = predict(capsys, "--image-path", str(crops / "a" / "crop0.png"), "--no-detect",
+                           *litert(model_path))
+    assert code == 0
+    (line,) = out.splitlines()
+    assert "crop0.png" in line and "%" in line and "whole image" in line
+
+
+def test_missing_path_and_empty_folder_are_user_errors(model_path, tmp_path):
+    with pytest.raises(UserError, match="no such file or folder"):
+        predict_emotion.main(["--image_path", str(tmp_path / "nope.jpg"), *litert(model_path)])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no image files"):
+        predict_emotion.main(["--image_path", str(tmp_path / "empty"), *litert(model_path)])
+    with pytest.raises(UserError, match="no image files match"):
+        predict_emotion.main(["--image_path", str(tmp_path / "*.jpg"), *litert(model_path)])
+
+
+# ------------------------------------------------------------------------------ untrusted files
+
+def png_with_claimed_size(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height (a decompression bomb's header)."""
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = 8 + 8  # signature, then length + type of IHDR
+    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])) & 0xFFFFFFFF
+    data[ihdr + 13:ihdr + 17] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("mixed")
+    face = face_like(3, 96)
+    Image.fromarray(face).convert("RGBA").save(base / "rgba.png")
+    Image.fromarray(face).convert("P").save(base / "palette.png")
+    Image.fromarray((face.astype(np.uint16) * 257)).save(base / "sixteen.png")
+    assert Image.open(base / "sixteen.png").mode.startswith("I")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown rotated 90 degrees: upright is 40 wide, 60 high
+    Image.fromarray(face[:40, :60]).convert("RGB").save(base / "rotated.jpg", exif=exif)
+    good = io.BytesIO()
+    Image.fromarray(face).save(good, format="JPEG")
+    (base / "corrupt.jpg").write_bytes(good.getvalue()[:300])
+    (base / "zero.jpg").write_bytes(b"")
+    (base / "text.jpg").write_text("hello, I am not a JPEG\n")
+    (base / "bomb.png").write_bytes(png_with_claimed_size(40_000, 40_000))
+    return base
+
+
+BAD = {"corrupt.jpg": "corrupt", "zero.jpg": "empty", "text.jpg": "not an image", "bomb.png": "too large"}
+GOOD = ["palette.png", "rgba.png", "rotated.jpg", "sixteen.png"]
+
+
+def test_bad_files_are_reported_and_the_rest_predicted(model_path, mixed_folder):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, SCRIPT, "--image_path", str(mixed_folder), "--no-detect", "--json",
+                           *litert(model_path)], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    records = json.loads(proc.stdout)
+    assert sorted(Path(r["image"]).name for r in records) == GOOD
+    boxes = {Path(r["image"]).name: r["box"] for r in records}
+    assert boxes["rotated.jpg"] == {"x": 0, "y": 0, "w": 40, "h": 60}  # EXIF orientation applied
+    assert boxes["rgba.png"] == {"x": 0, "y": 0, "w": 96, "h": 96}
+    for name, reason in BAD.items():
+        lines = [line for line in proc.stderr.splitlines() if name in line]
+        assert len(lines) == 1 and reason in lines[0] and lines[0].startswith("error:"), proc.stderr
+    assert "4 could not be read" in proc.stderr
+
+
+def test_modes_give_the_same_pixels(model_path, mixed_folder, capsys):
+    """RGBA, palette and 16-bit copies of one face are predicted alike."""
+    paths = [str(mixed_folder / n) for n in ("rgba.png", "palette.png", "sixteen.png")]
+    code, out, _ = predict(capsys, "--image_path", *paths, "--no-detect", "--json", *litert(model_path))
+    assert code == 0
+    conf = [r["probabilities"] for r in json.loads(out)]
+    for other in conf[1:]:
+        for k in conf[0]:
+            assert other[k] == pytest.approx(conf[0][k], abs=0.02)
+
+
+def test_litert_path_never_imports_tensorflow(model_path, crops):
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import predict_emotion\n"
+        "rc = predict_emotion.main(['--image_path', sys.argv[2], '--model', sys.argv[3], '--jsonl'])\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras'))\n"
+        "print('HEAVY', bad, 'RC', rc)\n"
+    )
+    photo = PHOTOS / "obama-240p.jpg"
+    image = photo if photo.is_file() else crops / "a" / "crop0.png"
+    proc = subprocess.run([sys.executable, "-c", code, str(ROOT / "scripts"), str(image), str(model_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert "HEAVY [] RC 0" in proc.stdout, proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------------------ helpers
+
+@pytest.mark.parametrize("box,size", [((10, 10, 50, 50), (200, 100)), ((0, 0, 80, 90), (100, 100)),
+                                      ((150, 20, 50, 60), (200, 100)), ((0, 0, 30, 30), (30, 30))])
+def test_crop_box_is_square_inside_the_image_and_holds_the_face(box, size):
+    left, top, right, bottom = faces.crop_box(box, *size)
+    assert 0 <= left < right <= size[0] and 0 <= top < bottom <= size[1]
+    x, y, w, h = box
+    assert left <= x and top <= y and right >= x + w and bottom >= y + h
+    if max(w, h) * 1.4 <= min(size):
+        assert right - left == bottom - top
+
+
+def test_overlapping_detections_merge():
+    dets = [faces.Detection((10, 10, 100, 100), 5), faces.Detection((15, 12, 95, 95), 9),
+            faces.Detection((40, 40, 30, 30), 3), faces.Detection((300, 10, 100, 100), 4)]
+    kept = faces.merge_overlapping(dets)
+    assert sorted(d.box for d in kept) == [(15, 12, 95, 95), (300, 10, 100, 100)]
