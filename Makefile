@@ -25,9 +25,10 @@ demo: install
 	$(PY) scripts/make_demo_data.py --out-dir $(DEMO)/data
 	$(PY) scripts/data_processing.py --data-dir $(DEMO)/data --out-dir $(DEMO)/preprocessed_data
 	$(PY) scripts/model_training.py --data-dir $(DEMO)/preprocessed_data --models-dir $(DEMO)/models \
-		--logs-dir $(DEMO)/logs --weights none --epochs 12 --batch-size 32 --fresh
+		--logs-dir $(DEMO)/logs --weights none --epochs 20 --batch-size 32 --fresh
 	$(PY) scripts/evaluate_model.py --data-dir $(DEMO)/preprocessed_data --models-dir $(DEMO)/models \
 		--logs-dir $(DEMO)/logs --split test
+	$(PY) scripts/export_model.py --models-dir $(DEMO)/models
 	$(PY) scripts/predict_emotion.py --models-dir $(DEMO)/models --no-detect \
 		--image_path $(DEMO)/data/test/happy/happy_000.png $(DEMO)/data/test/sad/sad_000.png
 	@echo
