@@ -1,0 +1,42 @@
+"""data_processing.py on the real FER2013 in ../shared (skipped when it is absent)."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+FER = ROOT.parent / "shared" / "fer2013"
+
+import data_processing  # noqa: E402
+
+# Per-class counts from ../shared/README.md.
+TRAIN = {"angry": 3995, "disgust": 436, "fear": 4097, "happy": 7215, "neutral": 4965, "sad": 4830,
+         "surprise": 3171}
+TEST = {"angry": 467, "disgust": 56, "fear": 496, "happy": 895, "neutral": 607, "sad": 653, "surprise": 415}
+
+
+@pytest.mark.skipif(not FER.is_dir(), reason="../shared/fer2013 is not present")
+def test_fer2013_counts_dtype_and_duplicate_audit(tmp_path):
+    assert data_processing.main(["--data-dir", str(FER), "--out-dir", str(tmp_path)]) == 0
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    counts = meta["counts"]
+    for name, n in TRAIN.items():
+        assert counts["train"][name] + counts["val"][name] == n
+    assert counts["test"] == TEST
+    # 28,709 includes both images named Training_52789098.jpg (two class folders): paths, not names.
+    assert meta["totals"]["train"] + meta["totals"]["val"] == 28709
+    assert meta["totals"]["test"] == 3589
+    for split in ("train", "val", "test"):
+        x = np.load(tmp_path / f"X_{split}.npy", allow_pickle=False)
+        assert x.dtype == np.uint8 and x.shape[1:] == (48, 48, 1)
+    within = meta["duplicates"]["within_train_folder"]
+    assert within["extra_copies"] == 1236  # measured figure in ../shared/README.md
+    assert within["groups_with_conflicting_labels"] == 39
+    assert meta["duplicates"]["across_splits"]["train-test"]["distinct_images_shared"] > 0
+    assert meta["duplicates"]["across_splits"]["train-val"]["distinct_images_shared"] == 0
+    assert meta["bad_files"] == []
+    assert len(meta["near_blank_images"]) >= 10
