@@ -125,8 +125,13 @@ def sidecar_path(model_path: Path) -> Path:
     return Path(model_path).with_suffix(".json")
 
 
-def load_model(model_path: Path, compile: bool = False):
-    """Load a .keras (or legacy .h5) model safely; UserError if missing or unreadable."""
+def load_model(model_path: Path, compile: bool = False, float32: bool = True):
+    """Load a .keras (or legacy .h5) model safely; UserError if missing or unreadable.
+
+    `float32` (the default, for inference) rebuilds a mixed-precision model in float32:
+    predictions are then the same on every path (Keras, LiteRT export) and no bf16
+    rounding is added at inference. Training passes float32=False to keep its policy.
+    """
     model_path = Path(model_path)
     if not model_path.is_file():
         raise UserError(f"model not found: {model_path} (train one with scripts/model_training.py, "
@@ -135,10 +140,40 @@ def load_model(model_path: Path, compile: bool = False):
     import keras
 
     try:
-        return keras.models.load_model(model_path, compile=compile, safe_mode=True)
+        model = keras.models.load_model(model_path, compile=compile, safe_mode=True)
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"cannot load model {model_path}: {first[:300]}") from None
+    return as_float32(model) if float32 else model
+
+
+def _float32_config(node):
+    """A model config with every mixed-precision dtype policy replaced by float32."""
+    if isinstance(node, dict):
+        if node.get("class_name") == "DTypePolicy" and str(node.get("config", {}).get("name", "")).startswith("mixed"):
+            return "float32"
+        return {k: _float32_config(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_float32_config(v) for v in node]
+    return node
+
+
+def as_float32(model):
+    """The same model computing in float32 (weights are float32 under mixed precision anyway)."""
+    import keras
+
+    if all(getattr(layer, "compute_dtype", "float32") == "float32" for layer in _all_layers(model)):
+        return model
+    clone = model.__class__.from_config(_float32_config(model.get_config()))
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
 
 
 def model_info(model_path: Path, num_outputs: int | None = None) -> dict:

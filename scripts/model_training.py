@@ -388,7 +388,7 @@ def run_phase(phase: int, args, strategy, meta, train, val, state, resume, run_d
             else:
                 from emotion_model import load_model, set_backbone_trainable
 
-                model = load_model(args.models_dir / config.BEST_MODEL)
+                model = load_model(args.models_dir / config.BEST_MODEL, float32=False)
                 set_backbone_trainable(model, args.fine_tune_blocks)
             compile_model(model, args, lr)
     if initial_epoch >= epochs:

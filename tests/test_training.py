@@ -274,3 +274,25 @@ def test_stale_arrays_and_missing_meta_fail_in_one_line(arrays, tmp_path):
         run_training(stale, tmp_path, "--weights", "none")
     with pytest.raises(UserError, match="not found"):
         run_training(tmp_path / "nowhere", tmp_path, "--weights", "none")
+
+
+def test_bf16_trained_model_loads_as_float32_and_exports(tmp_path):
+    """A model saved under mixed_bfloat16 (the CPU default) must export to LiteRT: bf16 ops
+    would need TensorFlow's Flex delegate, which the LiteRT runtime does not have."""
+    import keras
+
+    import export_model
+    from emotion_model import _all_layers, build_model, load_model
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_model(7, SIZE, "none", dense_units=8)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    path = tmp_path / "best_model.keras"
+    model.save(path)
+    path.with_suffix(".json").write_text(json.dumps({"class_names": list(config.CLASS_NAMES),
+                                                     "image_size": SIZE}))
+    assert {layer.compute_dtype for layer in _all_layers(load_model(path))} == {"float32"}
+    assert export_model.main(["--model", str(path)]) == 0
+    assert path.with_suffix(".tflite").stat().st_size > 0
