@@ -35,10 +35,12 @@ demo: install
 	@echo "Demo done. With real data: put FER2013 in data/train/<emotion>/ and data/test/<emotion>/,"
 	@echo "then run: make all   (or the four scripts one by one, see README.md)"
 
-# The full pipeline on real data: make all DATA=path/to/dataset
+# The full pipeline on real data: make all DATA=path/to/dataset [WEIGHTS=none] [BUDGET=minutes]
+WEIGHTS ?= imagenet
+BUDGET ?=
 all: install
 	$(PY) scripts/data_processing.py --data-dir $(DATA)
-	$(PY) scripts/model_training.py
+	$(PY) scripts/model_training.py --weights $(WEIGHTS) $(if $(BUDGET),--time-budget $(BUDGET))
 	$(PY) scripts/evaluate_model.py --split test
 	$(PY) scripts/export_model.py
 
