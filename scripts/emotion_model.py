@@ -160,8 +160,6 @@ def _float32_config(node):
 
 def as_float32(model):
     """The same model computing in float32 (weights are float32 under mixed precision anyway)."""
-    import keras
-
     if all(getattr(layer, "compute_dtype", "float32") == "float32" for layer in _all_layers(model)):
         return model
     clone = model.__class__.from_config(_float32_config(model.get_config()))
