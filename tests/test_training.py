@@ -296,3 +296,14 @@ def test_bf16_trained_model_loads_as_float32_and_exports(tmp_path):
     assert {layer.compute_dtype for layer in _all_layers(load_model(path))} == {"float32"}
     assert export_model.main(["--model", str(path)]) == 0
     assert path.with_suffix(".tflite").stat().st_size > 0
+
+
+def test_legacy_h5_model_is_loadable(tmp_path):
+    """Users may point evaluation or prediction at a Keras .h5 model."""
+    from emotion_model import build_model, load_model
+
+    model = build_model(7, SIZE, "none", dense_units=8)
+    path = tmp_path / "model.h5"
+    model.save(path)
+    x = np.random.default_rng(0).integers(0, 256, (3, SIZE, SIZE, 1)).astype(np.uint8)
+    np.testing.assert_allclose(load_model(path).predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
