@@ -19,8 +19,9 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except for on/off switches and unset options, where they mislead."""
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults, except for on/off switches and unset options, where they mislead;
+    keeps the line breaks of descriptions and epilogs as written."""
 
     def _get_help_string(self, action):
         if action.nargs == 0 or action.default is None or action.default is argparse.SUPPRESS:

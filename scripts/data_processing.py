@@ -41,7 +41,7 @@ tqdm_module.tqdm.monitor_interval = 0
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Preprocess an image-folder dataset (train/<class>/, optional test/<class>/) "
+        description="Preprocess an image-folder dataset (train/<class>/, optional test/<class>/)\n"
         "into uint8 48x48 grayscale arrays plus meta.json.",
         formatter_class=HelpFormatter,
     )

@@ -30,7 +30,7 @@ import numpy as np
 
 import config
 from artifacts import array_names, load_split, read_meta
-from common import (UserError, atomic_write_bytes, atomic_write_json, format_table, import_tensorflow,
+from common import (HelpFormatter, UserError, atomic_write_bytes, atomic_write_json, format_table, import_tensorflow,
                     run_cli, sha256_file)
 from emotion_model import default_model_path, load_model, model_info, sidecar_path
 
@@ -40,15 +40,6 @@ TTA_SHIFT_FRACTION = 0.05  # shift of the TTA copies: 2 px at 32 and 48 px, at l
 METRICS_FILE = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
 MISTAKES_PNG = "mistakes.png"
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults, except where there is none to show; keeps the epilog's line breaks."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
 
 
 EXAMPLES = """examples:
@@ -67,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "TensorBoard), optionally with test-time augmentation. Input is the preprocessed\n"
         "arrays (--data-dir) or an image folder (--images).",
         epilog=EXAMPLES,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     m = p.add_argument_group("model")
     m.add_argument("--model", type=Path, nargs="+", default=None, metavar="PATH",

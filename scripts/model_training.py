@@ -36,7 +36,7 @@ RESUME_KEYS = ("weights", "batch_size", "lr", "fine_tune_lr", "fine_tune_blocks"
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Train the VGG16 emotion classifier on preprocessed arrays. Re-run the same "
+        description="Train the VGG16 emotion classifier on preprocessed arrays. Re-run the same\n"
         "command after an interruption to resume; --fresh starts over.",
         formatter_class=HelpFormatter,
     )
