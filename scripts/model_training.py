@@ -498,7 +498,7 @@ def main(argv=None) -> int:
 
     import_tensorflow()  # after argument checks: --help and errors stay fast
 
-    strategy, precision, hw = setup_hardware(args)
+    strategy, _, hw = setup_hardware(args)
     print(f"hardware: {hw}")
     if args.batch_size % strategy.num_replicas_in_sync:
         raise UserError(f"--batch-size {args.batch_size} must be a multiple of the "
