@@ -22,10 +22,10 @@ test: install
 
 # Generated data into demo/ (never over your data/), then the four scripts in order.
 demo: install
-	$(PY) scripts/make_demo_data.py --out-dir $(DEMO)/data
+	$(PY) scripts/make_demo_data.py --out-dir $(DEMO)/data --train-per-class 120
 	$(PY) scripts/data_processing.py --data-dir $(DEMO)/data --out-dir $(DEMO)/preprocessed_data
 	$(PY) scripts/model_training.py --data-dir $(DEMO)/preprocessed_data --models-dir $(DEMO)/models \
-		--logs-dir $(DEMO)/logs --weights none --epochs 20 --batch-size 32 --fresh
+		--logs-dir $(DEMO)/logs --weights none --epochs 20 --patience 20 --batch-size 32 --fresh
 	$(PY) scripts/evaluate_model.py --data-dir $(DEMO)/preprocessed_data --models-dir $(DEMO)/models \
 		--logs-dir $(DEMO)/logs --split test
 	$(PY) scripts/export_model.py --models-dir $(DEMO)/models
