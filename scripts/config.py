@@ -54,6 +54,7 @@ LABEL_SMOOTHING: float = 0.0
 EARLY_STOPPING_PATIENCE: int = 6
 REDUCE_LR_PATIENCE: int = 3
 REDUCE_LR_FACTOR: float = 0.5
+LR_SCHEDULE: str = "plateau"  # or "cosine" (see model_training.py --lr-schedule)
 DROPOUT: float = 0.0  # 0.5 made from-scratch VGG16-BN learn ~2.5x slower (demo data, measured)
 DENSE_UNITS: int = 256
 

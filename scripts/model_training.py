@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import platform
 import sys
@@ -31,7 +32,7 @@ from common import HelpFormatter, UserError, atomic_save_keras, atomic_write_jso
 # Settings that must match for a run to be resumed (others, like --epochs, may change).
 RESUME_KEYS = ("weights", "batch_size", "lr", "fine_tune_lr", "fine_tune_blocks", "optimizer",
                "label_smoothing", "class_weights", "augment", "precision", "seed", "dense_units",
-               "dropout")
+               "dropout", "lr_schedule")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -72,6 +73,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="early stopping: epochs without val accuracy gain")
     t.add_argument("--lr-patience", type=int, default=config.REDUCE_LR_PATIENCE,
                    help="epochs without val loss gain before the learning rate is halved")
+    t.add_argument("--lr-schedule", choices=("plateau", "cosine"), default=config.LR_SCHEDULE,
+                   help="plateau: halve the learning rate when val loss stalls (--lr-patience); cosine: "
+                   "decay it every batch from --lr to 1%% of it over --epochs, or over --time-budget "
+                   "when one is given (so the decay ends when the budget does)")
     t.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="stop cleanly when the next epoch would not finish within this many minutes "
                    "of training (all phases, resumes included)")
@@ -264,6 +269,12 @@ def settings_fingerprint(args, meta: dict) -> str:
 
 # ---------------------------------------------------------------- callbacks
 
+def cosine_lr(base_lr: float, progress: float, floor: float = 0.01) -> float:
+    """Cosine from base_lr (progress 0) down to floor * base_lr (progress >= 1)."""
+    progress = min(max(progress, 0.0), 1.0)
+    return base_lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 def make_callbacks(phase: int, model_path: Path, log_dir: Path, resume: ResumeState, state: dict,
                    started: float, budget_s: float | None, args):
     """Best checkpoint, resumable early stopping / LR schedule, logs, time budget, resume point."""
@@ -323,19 +334,45 @@ def make_callbacks(phase: int, model_path: Path, log_dir: Path, resume: ResumeSt
     reduce_lr = ReduceLR(monitor="val_loss", factor=config.REDUCE_LR_FACTOR, patience=args.lr_patience,
                          min_lr=1e-7, verbose=1)
 
+    class CosineDecay(keras.callbacks.Callback):
+        """Per-batch cosine decay; progress is wall time over the budget when there is one."""
+
+        def __init__(self, base_lr: float, epochs: int):
+            super().__init__()
+            self.base_lr, self.epochs = base_lr, epochs
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if budget_s is not None:
+                progress = (time.time() - started) / budget_s
+            else:
+                steps = self.params.get("steps") or 1
+                progress = (self.epoch + batch / steps) / self.epochs
+            self.model.optimizer.learning_rate = cosine_lr(self.base_lr, progress)
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:  # logged like ReduceLROnPlateau does, for the CSV and TensorBoard
+                logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+
     class SaveResumePoint(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             state.update(phase=phase, epoch=epoch + 1, elapsed_seconds=time.time() - started, callbacks={
                 "best_val_accuracy": best.best, "best_epoch": best.best_epoch,
                 "early_stopping": {"wait": stopping.wait, "best": float(stopping.best)},
-                "reduce_lr": {"wait": reduce_lr.wait, "best": float(reduce_lr.best),
-                              "cooldown_counter": reduce_lr.cooldown_counter},
             })
+            if schedule is reduce_lr:
+                state["callbacks"]["reduce_lr"] = {"wait": reduce_lr.wait, "best": float(reduce_lr.best),
+                                                   "cooldown_counter": reduce_lr.cooldown_counter}
             resume.save(self.model, state)
 
+    schedule = (CosineDecay(args.fine_tune_lr if phase == 2 else args.lr,
+                            args.fine_tune_epochs if phase == 2 else args.epochs)
+                if args.lr_schedule == "cosine" else reduce_lr)
     log_dir.mkdir(parents=True, exist_ok=True)
     return best, [
-        best, stopping, reduce_lr, TimeBudget(),
+        best, stopping, schedule, TimeBudget(),
         keras.callbacks.CSVLogger(str(log_dir / f"phase{phase}.csv"), append=True),
         keras.callbacks.TensorBoard(log_dir=str(log_dir / f"phase{phase}"), update_freq="epoch"),
         SaveResumePoint(),  # last: sees the other callbacks' state after this epoch
