@@ -180,6 +180,32 @@ def test_time_budget_stops_cleanly_and_keeps_the_best_checkpoint(arrays, tmp_pat
     assert (tmp_path / "models" / config.BEST_MODEL).is_file()
 
 
+def test_cosine_lr_goes_from_base_to_floor():
+    from model_training import cosine_lr
+
+    assert cosine_lr(1e-3, 0.0) == pytest.approx(1e-3)
+    assert cosine_lr(1e-3, 0.5) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
+    assert cosine_lr(1e-3, 1.0) == pytest.approx(1e-5)
+    assert cosine_lr(1e-3, 7.0) == pytest.approx(1e-5)  # past the budget: stays at the floor
+    lrs = [cosine_lr(1.0, p / 20) for p in range(21)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_cosine_schedule_decays_over_the_epochs_and_is_logged(arrays, tmp_path):
+    epochs, lr = 4, 1e-3
+    assert run_training(arrays, tmp_path, "--weights", "none", "--epochs", str(epochs), "--lr", str(lr),
+                        "--lr-schedule", "cosine", "--patience", "99", "--fresh") == 0
+    with open(tmp_path / "logs" / "t" / "phase1.csv") as f:
+        logged = [float(r["learning_rate"]) for r in csv.DictReader(f)]
+    assert len(logged) == epochs
+    assert all(a > b for a, b in zip(logged, logged[1:]))
+    # Set before each batch: the last batch of epoch e sits just before progress (e + 1) / epochs.
+    from model_training import cosine_lr
+
+    for e, got in enumerate(logged):
+        assert cosine_lr(lr, (e + 1) / epochs) <= got <= cosine_lr(lr, e / epochs)
+
+
 def test_resume_after_interrupt_and_kill_continues_at_the_right_epoch(arrays, tmp_path):
     args = ("--weights", "none", "--epochs", "4", "--steps-per-epoch", "3", "--fresh")
 
