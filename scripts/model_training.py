@@ -13,11 +13,13 @@ interrupted epoch with the optimizer state. --fresh starts over.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
 import os
 import platform
+import signal
 import sys
 import time
 from datetime import datetime, timezone
@@ -442,10 +444,48 @@ def run_phase(phase: int, args, strategy, meta, train, val, state, resume, run_d
     val_ds = make_dataset(val.x, val.y, args.batch_size, False, args, seed, n_classes, replicas)
     best, callbacks = make_callbacks(phase, model_path, run_dir, resume, state, started, budget_s, args)
     weights = class_weights(train.y, len(meta["class_names"])) if args.class_weights else None
-    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
-                        class_weight=weights, callbacks=callbacks, steps_per_epoch=args.steps_per_epoch, shuffle=False,
-                        verbose=2 if not sys.stdout.isatty() else 1)
+    with deferred_interrupts() as interrupt_check:
+        history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
+                            class_weight=weights, callbacks=[interrupt_check, *callbacks],
+                            steps_per_epoch=args.steps_per_epoch, shuffle=False,
+                            verbose=2 if not sys.stdout.isatty() else 1)
     return model_path, best.best, best.best_epoch, len(history.epoch)
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Ctrl+C / SIGTERM during fit() take effect at the next batch end, a second one at once.
+
+    A KeyboardInterrupt raised while tf.data fetches a batch is swallowed by Keras as "input
+    ran out of data" and training goes on (seen in a test run), so the signal only sets a flag
+    here and a callback raises the interrupt from Python at a safe point.
+    """
+    import keras
+
+    requested = []
+
+    def on_signal(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+        print("\ninterrupt received: stopping after this batch (again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    class RaiseWhenRequested(keras.callbacks.Callback):
+        def _check(self, *_, **__):
+            if requested:
+                raise KeyboardInterrupt
+
+        on_train_batch_end = on_test_batch_end = on_epoch_end = _check
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield RaiseWhenRequested()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if requested:  # arrived after the last batch: still an interruption
+        raise KeyboardInterrupt
 
 
 def library_versions() -> dict:
