@@ -446,7 +446,7 @@ def run_phase(phase: int, args, strategy, meta, train, val, state, resume, run_d
     weights = class_weights(train.y, len(meta["class_names"])) if args.class_weights else None
     with deferred_interrupts() as interrupt_check:
         history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
-                            class_weight=weights, callbacks=[interrupt_check, *callbacks],
+                            class_weight=weights, callbacks=[*callbacks, interrupt_check],
                             steps_per_epoch=args.steps_per_epoch, shuffle=False,
                             verbose=2 if not sys.stdout.isatty() else 1)
     return model_path, best.best, best.best_epoch, len(history.epoch)
@@ -458,7 +458,8 @@ def deferred_interrupts():
 
     A KeyboardInterrupt raised while tf.data fetches a batch is swallowed by Keras as "input
     ran out of data" and training goes on (seen in a test run), so the signal only sets a flag
-    here and a callback raises the interrupt from Python at a safe point.
+    here and a callback raises the interrupt from Python at a safe point. It goes last in the
+    callback list, so an epoch that has just ended is saved for resuming first.
     """
     import keras
 
