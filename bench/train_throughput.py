@@ -48,7 +48,7 @@ def fresh_model(precision: str, n_classes: int, size: int):
 
     keras.mixed_precision.set_global_policy(precision)
     model = build_model(n_classes, size, "none")
-    compile_model(model, SimpleNamespace(optimizer="adam", label_smoothing=0.0), 1e-3)
+    compile_model(model, SimpleNamespace(optimizer="adam", label_smoothing=0.0, weight_decay=0.0), 1e-3)
     return model
 
 

@@ -34,7 +34,7 @@ from common import HelpFormatter, UserError, atomic_save_keras, atomic_write_jso
 # Settings that must match for a run to be resumed (others, like --epochs, may change).
 RESUME_KEYS = ("weights", "batch_size", "lr", "fine_tune_lr", "fine_tune_blocks", "optimizer",
                "label_smoothing", "class_weights", "augment", "precision", "seed", "dense_units",
-               "dropout", "lr_schedule")
+               "dropout", "lr_schedule", "weight_decay", "warmup_epochs")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,6 +68,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="VGG16 blocks unfrozen in phase 2, counted from the top")
     t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
                    help="adam, or sgd with Nesterov momentum 0.9")
+    t.add_argument("--weight-decay", type=float, default=config.WEIGHT_DECAY,
+                   help="decoupled weight decay of the optimizer (Keras applies lr * decay * weight "
+                   "per step; 0: none)")
+    t.add_argument("--warmup-epochs", type=float, default=config.WARMUP_EPOCHS,
+                   help="cosine schedule only: raise the learning rate linearly from 1%% of --lr over "
+                   "this many epochs first (steadier start with SGD)")
     t.add_argument("--label-smoothing", type=float, default=config.LABEL_SMOOTHING)
     t.add_argument("--no-class-weights", dest="class_weights", action="store_false",
                    help="do not weight the loss by inverse class frequency")
@@ -114,6 +120,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("learning rates must be positive")
     if not 0 <= args.label_smoothing < 1 or not 0 <= args.dropout < 1:
         p.error("--label-smoothing and --dropout must be in [0, 1)")
+    if not 0 <= args.weight_decay < 1 or args.warmup_epochs < 0:
+        p.error("--weight-decay must be in [0, 1) and --warmup-epochs 0 or more")
     if args.time_budget is not None and args.time_budget <= 0:
         p.error("--time-budget must be positive")
     if args.weights.lower() in ("none", "imagenet"):
@@ -347,12 +355,16 @@ def make_callbacks(phase: int, model_path: Path, log_dir: Path, resume: ResumeSt
             self.epoch = epoch
 
         def on_train_batch_begin(self, batch, logs=None):
+            steps = self.params.get("steps") or 1
+            epochs_done = self.epoch + batch / steps
             if budget_s is not None:
                 progress = (time.time() - started) / budget_s
             else:
-                steps = self.params.get("steps") or 1
-                progress = (self.epoch + batch / steps) / self.epochs
-            self.model.optimizer.learning_rate = cosine_lr(self.base_lr, progress)
+                progress = epochs_done / self.epochs
+            lr = cosine_lr(self.base_lr, progress)
+            if epochs_done < args.warmup_epochs:
+                lr *= 0.01 + 0.99 * epochs_done / args.warmup_epochs
+            self.model.optimizer.learning_rate = lr
 
         def on_epoch_end(self, epoch, logs=None):
             if logs is not None:  # logged like ReduceLROnPlateau does, for the CSV and TensorBoard
@@ -383,19 +395,20 @@ def make_callbacks(phase: int, model_path: Path, log_dir: Path, resume: ResumeSt
 
 # ---------------------------------------------------------------- training
 
-def make_optimizer(name: str, lr: float):
+def make_optimizer(name: str, lr: float, weight_decay: float = 0.0):
     import keras
 
+    decay = weight_decay or None
     if name == "sgd":
-        return keras.optimizers.SGD(learning_rate=lr, momentum=0.9, nesterov=True)
-    return keras.optimizers.Adam(learning_rate=lr)
+        return keras.optimizers.SGD(learning_rate=lr, momentum=0.9, nesterov=True, weight_decay=decay)
+    return keras.optimizers.Adam(learning_rate=lr, weight_decay=decay)
 
 
 def compile_model(model, args, lr: float):
     import keras
 
     # One-hot labels (see make_dataset) so label smoothing is a built-in loss option.
-    model.compile(optimizer=make_optimizer(args.optimizer, lr),
+    model.compile(optimizer=make_optimizer(args.optimizer, lr, args.weight_decay),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
                   metrics=["accuracy"])
 
