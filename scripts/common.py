@@ -83,6 +83,39 @@ def import_tensorflow():
     return tensorflow
 
 
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "neon", "asimd")
+
+
+def cpu_description() -> str:
+    """CPU model, usable cores and the instruction sets that decide TensorFlow's speed."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                model = value.strip()
+            elif key.strip() in ("flags", "Features"):
+                flags |= set(value.split())
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    found = [f for f in SPEED_FLAGS if f in flags]
+    return f"{model}, {cores} cores" + (f", {' '.join(found)}" if found else "")
+
+
+def onednn_enabled() -> bool | None:
+    """Is TensorFlow's oneDNN on (None: cannot tell)? Call after import_tensorflow()."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return None
+
+
 def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
     """Write through `write(fileobj)` into a temporary file beside `path`, then rename.
 

@@ -72,3 +72,7 @@ EVAL_BATCH_SIZE: int = 256
 EVAL_DIR_NAME: str = "eval"  # models/eval/<model>-<split>/
 FACE_MARGIN: float = 0.2  # fraction of the face box added on each side before cropping
 DETECT_MAX_SIDE: int = 1024  # photos are downscaled to this longest side for detection
+# Video: frames are downscaled further for detection, and faces are detected on every Nth
+# analysed frame (and at every cut), tracked in between: see BENCHMARKS.md "Video".
+VIDEO_DETECT_SIDE: int = 480
+VIDEO_DETECT_EVERY: int = 3

@@ -29,7 +29,8 @@ import numpy as np
 
 import config
 from artifacts import load_split, read_meta
-from common import HelpFormatter, UserError, atomic_save_keras, atomic_write_json, import_tensorflow, run_cli
+from common import (HelpFormatter, UserError, atomic_save_keras, atomic_write_json, cpu_description, import_tensorflow,
+                    onednn_enabled, run_cli)
 
 # Settings that must match for a run to be resumed (others, like --epochs, may change).
 RESUME_KEYS = ("weights", "batch_size", "lr", "fine_tune_lr", "fine_tune_blocks", "optimizer",
@@ -165,7 +166,8 @@ def setup_hardware(args):
         strategy = tf.distribute.MirroredStrategy(devices)
     else:
         strategy = tf.distribute.get_strategy()
-    where = f"{len(gpus)} GPU(s)" if gpus else f"CPU ({os.cpu_count()} cores)"
+    onednn = {True: "on", False: "off", None: "unknown"}[onednn_enabled()]
+    where = f"{len(gpus)} GPU(s)" if gpus else f"CPU ({cpu_description()}; oneDNN {onednn})"
     desc = f"{where}, precision {precision}" + (
         f", {type(strategy).__name__} over {strategy.num_replicas_in_sync} replicas" if mode != "none" else "")
     return strategy, precision, desc

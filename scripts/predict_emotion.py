@@ -20,6 +20,17 @@ Output, one record per face: the emotion, its probability, the top 3, and the fa
 for machines (on stdout; messages go to stderr). Files that cannot be read as images
 are reported on stderr, one line each; the others are still predicted, and the exit
 code is then 1.
+
+Video (a file in any format OpenCV reads, or a camera index such as 0):
+
+    python scripts/predict_emotion.py --video clip.mp4 --csv > rows.csv
+    python scripts/predict_emotion.py --video clip.mp4 --plot emotions.png --annotate out.mp4
+    python scripts/predict_emotion.py --video 0 --fps 5 --jsonl
+
+Every face is tracked (a stable "track" id per person); rows hold frame, time_s, track,
+box, emotion, confidence and every class probability (--csv or --jsonl on stdout). A
+per-person summary goes to stdout as text (or JSON with --json), or to stderr when rows
+are on stdout. Ctrl+C stops cleanly: every output written so far is complete.
 """
 
 from __future__ import annotations
@@ -36,14 +47,13 @@ from pathlib import Path
 import numpy as np
 
 import config
-import emotion_model  # TF-free at import time: TensorFlow is only imported to load a .keras
 import imaging
+from classifiers import BACKENDS, KerasClassifier, choose_model, class_names_for, load_classifier  # noqa: F401
 from common import UserError, atomic_write_bytes, run_cli
-
-BACKENDS = ("auto", "litert", "keras")
 DETECTORS = ("opencv", "mtcnn")  # faces.DETECTORS; repeated so that --help does not import cv2
 TOP_K = 3
 GLOB_CHARS = set("*?[")
+VIDEO_ONLY = ("every", "fps", "smooth", "plot", "detect_every", "detect_side")
 CSV_HEADER = ["image", "face", "face_found", "x", "y", "w", "h", "emotion", "confidence",
               "top2", "top2_probability", "top3", "top3_probability"]
 # Box and label colours, one per class (cycled if a model has more classes).
@@ -53,8 +63,11 @@ PALETTE = ["#e6194b", "#3cb44b", "#f58231", "#ffe119", "#4363d8", "#911eb4", "#4
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--image_path", "--image-path", dest="image_paths", nargs="+", required=True,
-                   metavar="PATH", help="image files, folders (recursive) or quoted glob patterns")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--image_path", "--image-path", dest="image_paths", nargs="+",
+                      metavar="PATH", help="image files, folders (recursive) or quoted glob patterns")
+    what.add_argument("--video", metavar="FILE|CAMERA",
+                      help="a video file, or a camera index such as 0 (see Video above)")
     p.add_argument("--model", type=Path, default=None,
                    help="the .keras model (or its .tflite); default: fine_tuned_model.keras in "
                         "--models-dir if present, else best_model.keras")
@@ -70,8 +83,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     out.add_argument("--json", action="store_true", help="one JSON array of records on stdout")
     out.add_argument("--jsonl", action="store_true", help="JSON lines: one record per line on stdout")
     out.add_argument("--csv", action="store_true", help="CSV with a header on stdout")
-    p.add_argument("--annotate", type=Path, default=None, metavar="DIR",
-                   help="write a copy of each image with boxes and labels into DIR")
+    p.add_argument("--annotate", type=Path, default=None, metavar="DIR|FILE",
+                   help="photos: write a copy of each image with boxes and labels into DIR; "
+                        "video: write the annotated video to FILE (.mp4, .mov, .avi, .mkv)")
+    v = p.add_argument_group("video")
+    sampling = v.add_mutually_exclusive_group()
+    sampling.add_argument("--every", type=int, default=1, metavar="N",
+                          help="analyse every Nth frame (default: 1, every frame)")
+    sampling.add_argument("--fps", type=float, default=None, metavar="F",
+                          help="analyse F frames per second of video time")
+    v.add_argument("--smooth", type=float, default=0.0, metavar="SECONDS",
+                   help="smooth each person's probabilities over time (exponential, this time "
+                        "constant; default: 0, off)")
+    v.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
+                   help="plot the emotion probabilities over time, one panel per person")
+    v.add_argument("--detect-every", type=int, default=config.VIDEO_DETECT_EVERY, metavar="N",
+                   help="detect faces on every Nth analysed frame (and at cuts), track them in "
+                        f"between (default: {config.VIDEO_DETECT_EVERY}; 1: detect on every frame)")
+    v.add_argument("--detect-side", type=int, default=config.VIDEO_DETECT_SIDE, metavar="PIXELS",
+                   help="frames are downscaled to this longest side for detection (default: "
+                        f"{config.VIDEO_DETECT_SIDE}; larger finds smaller faces, slower)")
     p.add_argument("--batch-size", type=int, default=config.EVAL_BATCH_SIZE,
                    help=f"faces per model call (default: {config.EVAL_BATCH_SIZE})")
     p.add_argument("--threads", type=int, default=None,
@@ -81,6 +112,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--batch-size must be at least 1")
     if args.no_detect and args.detector != "opencv":
         p.error("--no-detect and --detector exclude each other")
+    if args.video is None:
+        used = [f"--{name.replace('_', '-')}" for name in VIDEO_ONLY if getattr(args, name) != p.get_default(name)]
+        if used:
+            p.error(f"{', '.join(used)}: only with --video")
+    else:
+        if args.no_detect:
+            p.error("--no-detect is for face crops, not --video")
+        if args.every < 1 or args.detect_every < 1:
+            p.error("--every and --detect-every must be at least 1")
+        if args.fps is not None and not (0 < args.fps < 1000):
+            p.error("--fps must be above 0 (and below 1000)")
+        if not (0 <= args.smooth < 3600):
+            p.error("--smooth must be 0 or more seconds")
+        if args.detect_side < 64:
+            p.error("--detect-side must be at least 64 pixels")
     return args
 
 
@@ -132,84 +178,6 @@ def resolve_inputs(specs: list[str]) -> list[Path]:
             seen.add(key)
             unique.append(f)
     return unique
-
-
-# ------------------------------------------------------------------------------ models
-
-def choose_model(args) -> tuple[str, Path, Path]:
-    """(backend, file to load, .keras path whose sidecar describes it)."""
-    model = args.model or emotion_model.default_model_path(args.models_dir)
-    if model.suffix == config.TFLITE_SUFFIX:
-        if args.backend == "keras":
-            raise UserError(f"--backend keras needs a .keras model, not {model}")
-        return "litert", model, model.with_suffix(".keras")
-    lite = model.with_suffix(config.TFLITE_SUFFIX)
-    export_hint = f"python scripts/export_model.py --model {model}"
-    missing = (f"model not found: {model} (train one with scripts/model_training.py, "
-               "or pass --model PATH)")
-    if args.backend == "keras":
-        if not model.is_file():
-            raise UserError(missing)
-        return "keras", model, model
-    if args.backend == "litert":
-        if not lite.is_file():
-            raise UserError(f"no LiteRT model {lite}: create it with {export_hint}")
-        if model.is_file() and lite.stat().st_mtime < model.stat().st_mtime:
-            print(f"warning: {lite} is older than {model}: re-export it with {export_hint}", file=sys.stderr)
-        return "litert", lite, model
-    if lite.is_file() and (not model.is_file() or lite.stat().st_mtime >= model.stat().st_mtime):
-        return "litert", lite, model
-    if not model.is_file():
-        raise UserError(missing)
-    if lite.is_file():
-        print(f"note: {lite} is older than {model}, using Keras (slower start); "
-              f"refresh it with {export_hint}", file=sys.stderr)
-    return "keras", model, model
-
-
-class KerasClassifier:
-    backend = "keras"
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.model = emotion_model.load_model(self.path)
-        shape = tuple(self.model.input_shape)
-        if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 1:
-            raise UserError(f"{self.path}: input shape {shape} is not (N, S, S, 1) grayscale")
-        self.image_size = int(shape[1])
-        self.num_outputs = int(self.model.output_shape[-1])
-
-    def predict(self, pixels: np.ndarray, batch_size: int = config.EVAL_BATCH_SIZE) -> np.ndarray:
-        pixels = np.asarray(pixels, dtype=np.float32)
-        if pixels.ndim == 3:
-            pixels = pixels[..., None]
-        out = [np.asarray(self.model.predict_on_batch(pixels[i:i + batch_size]), dtype=np.float32)
-               for i in range(0, len(pixels), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, self.num_outputs), np.float32)
-
-
-def load_classifier(backend: str, path: Path, threads: int | None = None):
-    if backend == "litert":
-        from litert_runtime import LiteRTClassifier
-
-        return LiteRTClassifier(path, threads=threads)
-    return KerasClassifier(path)
-
-
-def class_names_for(info_path: Path, classifier) -> list[str]:
-    info = emotion_model.model_info(info_path, classifier.num_outputs)
-    if "sidecar" in info:
-        print(f"warning: {emotion_model.sidecar_path(info_path)} not found: assuming FER2013's classes "
-              f"({', '.join(info['class_names'])})", file=sys.stderr)
-    names = [str(n) for n in info["class_names"]]
-    if len(names) != classifier.num_outputs:
-        raise UserError(f"{emotion_model.sidecar_path(info_path)} lists {len(names)} classes but the model "
-                        f"has {classifier.num_outputs} outputs")
-    side = info.get("image_size")
-    if side and int(side) != classifier.image_size:
-        raise UserError(f"{emotion_model.sidecar_path(info_path)} says image size {side} but the model "
-                        f"takes {classifier.image_size}x{classifier.image_size}")
-    return names
 
 
 # ------------------------------------------------------------------------------ faces
@@ -373,7 +341,28 @@ def save_annotated(image, out_dir: Path, name: str) -> None:
 
 # ------------------------------------------------------------------------------ main
 
+def run_video(args) -> int:
+    import video
+
+    source = video.open_video(args.video)  # a bad source fails before the model loads
+    backend, model_file, info_path = choose_model(args)
+    classifier = load_classifier(backend, model_file, args.threads)
+    class_names = class_names_for(info_path, classifier)
+    import faces
+
+    faces.load_detector(args.detector)
+    output = "json" if args.json else "jsonl" if args.jsonl else "csv" if args.csv else None
+    settings = video.Settings(detector=args.detector, detect_every=args.detect_every,
+                              detect_side=args.detect_side, smooth_s=args.smooth)
+    options = video.VideoOptions(source=args.video, every=args.every, sample_fps=args.fps, output=output,
+                                 plot=args.plot, annotate=args.annotate, settings=settings)
+    print(f"model {model_file} ({backend})", file=sys.stderr)
+    return video.analyse_video(options, classifier, class_names, source)
+
+
 def run(args) -> int:
+    if args.video is not None:
+        return run_video(args)
     files = resolve_inputs(args.image_paths)
     backend, model_file, info_path = choose_model(args)
     start = time.perf_counter()

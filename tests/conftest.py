@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
@@ -20,3 +25,52 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT
+
+
+# ------------------------------------------------------------------------------ a tiny model
+
+TINY_SIZE = 48
+
+
+def face_like(seed: int, size: int = TINY_SIZE) -> np.ndarray:
+    """Smooth random blobs: varied model inputs without any data set."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, (6, 6))
+    img = Image.fromarray(coarse.astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(img)
+
+
+@dataclass
+class TinyModel:
+    path: Path  # best_model.keras, with its .json sidecar and .tflite export beside it
+    export_output: str  # what export_model.py printed
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> TinyModel:
+    """An untrained VGG16 layout (48x48, random weights) with a sharpened head, so that
+    different inputs get different top classes; saved, with sidecar, and exported."""
+    import config
+    import emotion_model
+    import export_model
+    import keras
+    from common import atomic_write_json
+
+    models = tmp_path_factory.mktemp("models")
+    path = models / config.BEST_MODEL
+    model = emotion_model.build_model(len(config.CLASS_NAMES), TINY_SIZE, "none", dense_units=16)
+    # An untrained VGG gives nearly the same features for every input; a random head
+    # centred on their mean and scaled up makes the top class depend on the input.
+    features = keras.Model(model.input, model.get_layer("head_dense").output)
+    f = np.asarray(features.predict_on_batch(np.stack([face_like(s) for s in range(100, 116)])[..., None]))
+    kernel = np.random.default_rng(0).normal(0, 1, (f.shape[1], len(config.CLASS_NAMES)))
+    kernel *= 3.0 / max(float(((f - f.mean(0)) @ kernel).std()), 1e-6)
+    model.get_layer("emotion").set_weights([kernel.astype(np.float32), (-f.mean(0) @ kernel).astype(np.float32)])
+    model.save(path)
+    atomic_write_json(path.with_suffix(".json"), {
+        "model": path.name, "class_names": list(config.CLASS_NAMES), "image_size": TINY_SIZE,
+        "input": f"raw grayscale pixels 0-255, shape (N, {TINY_SIZE}, {TINY_SIZE}, 1)"})
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert export_model.main(["--model", str(path), "--check-samples", "4"]) == 0
+    return TinyModel(path, printed.getvalue())

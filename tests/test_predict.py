@@ -8,7 +8,6 @@ Most runs are in-process; subprocesses only where exit codes or stderr matter, a
 those use the LiteRT backend (about a second each, no TensorFlow import).
 """
 
-import contextlib
 import csv
 import io
 import json
@@ -30,12 +29,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import config  # noqa: E402
 import faces  # noqa: E402
 import predict_emotion  # noqa: E402
-from common import UserError, atomic_write_json  # noqa: E402
+from common import UserError  # noqa: E402
+from conftest import face_like  # noqa: E402
 
 PHOTOS = ROOT.parent / "shared" / "photos"
 SCRIPT = str(ROOT / "scripts" / "predict_emotion.py")
 SIZE = 48
-EXPORT_OUTPUT: list[str] = []  # what export_model.py printed in the fixture
 # Keras 3.15 + NumPy 2.4 warn inside Keras on every call; nothing to act on here.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 needs_photos = pytest.mark.skipif(not (PHOTOS / "two_people.jpg").is_file(),
@@ -45,40 +44,8 @@ needs_photos = pytest.mark.skipif(not (PHOTOS / "two_people.jpg").is_file(),
 # ------------------------------------------------------------------------------ fixtures
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
-    """models/best_model.keras + .json sidecar + .tflite (via export_model.main)."""
-    import emotion_model
-    import export_model
-
-    models = tmp_path_factory.mktemp("models")
-    path = models / config.BEST_MODEL
-    model = emotion_model.build_model(len(config.CLASS_NAMES), SIZE, "none", dense_units=16)
-    # An untrained VGG gives nearly the same features for every input; a random head
-    # centred on their mean and scaled up makes the top class depend on the input.
-    import keras
-
-    features = keras.Model(model.input, model.get_layer("head_dense").output)
-    f = np.asarray(features.predict_on_batch(np.stack([face_like(s) for s in range(100, 116)])[..., None]))
-    kernel = np.random.default_rng(0).normal(0, 1, (f.shape[1], len(config.CLASS_NAMES)))
-    kernel *= 3.0 / max(float(((f - f.mean(0)) @ kernel).std()), 1e-6)
-    model.get_layer("emotion").set_weights([kernel.astype(np.float32), (-f.mean(0) @ kernel).astype(np.float32)])
-    model.save(path)
-    atomic_write_json(path.with_suffix(".json"), {
-        "model": path.name, "class_names": list(config.CLASS_NAMES), "image_size": SIZE,
-        "input": f"raw grayscale pixels 0-255, shape (N, {SIZE}, {SIZE}, 1)"})
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert export_model.main(["--model", str(path), "--check-samples", "4"]) == 0
-    EXPORT_OUTPUT.append(printed.getvalue())
-    return path
-
-
-def face_like(seed: int, size: int = SIZE) -> np.ndarray:
-    """Smooth random blobs: varied model inputs without any data set."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.uniform(0, 255, (6, 6))
-    img = Image.fromarray(coarse.astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(img)
+def model_path(tiny_model) -> Path:
+    return tiny_model.path
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +101,8 @@ def test_export_errors_are_one_line(tmp_path, capsys):
         export_model.main(["--model", str(tmp_path / "x.tflite")])
 
 
-def test_export_writes_only_the_tflite_and_prints_the_difference(model_path):
-    (out,) = EXPORT_OUTPUT
+def test_export_writes_only_the_tflite_and_prints_the_difference(model_path, tiny_model):
+    out = tiny_model.export_output
     assert "max |keras - litert| =" in out and "top class identical" in out
     assert sorted(p.name for p in model_path.parent.iterdir()) == [
         "best_model.json", "best_model.keras", "best_model.tflite"]  # no staging files left

@@ -1,0 +1,92 @@
+"""Which model to run and how: a .keras model through Keras or its .tflite export through
+LiteRT, with the class names from the model's sidecar. Shared by photo and video prediction.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import config
+import emotion_model  # TF-free at import time: TensorFlow is only imported to load a .keras
+from common import UserError
+
+BACKENDS = ("auto", "litert", "keras")
+
+
+def choose_model(args) -> tuple[str, Path, Path]:
+    """(backend, file to load, .keras path whose sidecar describes it)."""
+    model = args.model or emotion_model.default_model_path(args.models_dir)
+    if model.suffix == config.TFLITE_SUFFIX:
+        if args.backend == "keras":
+            raise UserError(f"--backend keras needs a .keras model, not {model}")
+        return "litert", model, model.with_suffix(".keras")
+    lite = model.with_suffix(config.TFLITE_SUFFIX)
+    export_hint = f"python scripts/export_model.py --model {model}"
+    missing = (f"model not found: {model} (train one with scripts/model_training.py, "
+               "or pass --model PATH)")
+    if args.backend == "keras":
+        if not model.is_file():
+            raise UserError(missing)
+        return "keras", model, model
+    if args.backend == "litert":
+        if not lite.is_file():
+            raise UserError(f"no LiteRT model {lite}: create it with {export_hint}")
+        if model.is_file() and lite.stat().st_mtime < model.stat().st_mtime:
+            print(f"warning: {lite} is older than {model}: re-export it with {export_hint}", file=sys.stderr)
+        return "litert", lite, model
+    if lite.is_file() and (not model.is_file() or lite.stat().st_mtime >= model.stat().st_mtime):
+        return "litert", lite, model
+    if not model.is_file():
+        raise UserError(missing)
+    if lite.is_file():
+        print(f"note: {lite} is older than {model}, using Keras (slower start); "
+              f"refresh it with {export_hint}", file=sys.stderr)
+    return "keras", model, model
+
+
+class KerasClassifier:
+    backend = "keras"
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.model = emotion_model.load_model(self.path)
+        shape = tuple(self.model.input_shape)
+        if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 1:
+            raise UserError(f"{self.path}: input shape {shape} is not (N, S, S, 1) grayscale")
+        self.image_size = int(shape[1])
+        self.num_outputs = int(self.model.output_shape[-1])
+
+    def predict(self, pixels: np.ndarray, batch_size: int = config.EVAL_BATCH_SIZE) -> np.ndarray:
+        pixels = np.asarray(pixels, dtype=np.float32)
+        if pixels.ndim == 3:
+            pixels = pixels[..., None]
+        out = [np.asarray(self.model.predict_on_batch(pixels[i:i + batch_size]), dtype=np.float32)
+               for i in range(0, len(pixels), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, self.num_outputs), np.float32)
+
+
+def load_classifier(backend: str, path: Path, threads: int | None = None):
+    if backend == "litert":
+        from litert_runtime import LiteRTClassifier
+
+        return LiteRTClassifier(path, threads=threads)
+    return KerasClassifier(path)
+
+
+def class_names_for(info_path: Path, classifier) -> list[str]:
+    info = emotion_model.model_info(info_path, classifier.num_outputs)
+    if "sidecar" in info:
+        print(f"warning: {emotion_model.sidecar_path(info_path)} not found: assuming FER2013's classes "
+              f"({', '.join(info['class_names'])})", file=sys.stderr)
+    names = [str(n) for n in info["class_names"]]
+    if len(names) != classifier.num_outputs:
+        raise UserError(f"{emotion_model.sidecar_path(info_path)} lists {len(names)} classes but the model "
+                        f"has {classifier.num_outputs} outputs")
+    side = info.get("image_size")
+    if side and int(side) != classifier.image_size:
+        raise UserError(f"{emotion_model.sidecar_path(info_path)} says image size {side} but the model "
+                        f"takes {classifier.image_size}x{classifier.image_size}")
+    return names
