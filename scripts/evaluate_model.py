@@ -7,7 +7,7 @@
          logs/eval/<model-stem>-<split>/                        TensorBoard: the same images + scalars
 
 Several --model values are evaluated one after the other and compared in one table.
---tta also averages predictions over flipped and shifted copies of each image and reports
+--tta also averages predictions over ten crops of each image (corners, centre, mirrored) and reports
 the metrics with and without it. --images DIR evaluates an image folder DIR/<class>/*
 directly, decoded exactly as preprocessing decodes it.
 """
@@ -33,10 +33,10 @@ from artifacts import array_names, load_split, read_meta
 from common import (HelpFormatter, UserError, atomic_write_bytes, atomic_write_json, format_table, import_tensorflow,
                     run_cli, sha256_file)
 from emotion_model import default_model_path, load_model, model_info, sidecar_path
+import tta
 
 SPLIT_CHOICES = ("val", "test", "both")
 IMAGES_SPLIT = "images"  # the "split" name of an --images evaluation (out folder <stem>-images)
-TTA_SHIFT_FRACTION = 0.05  # shift of the TTA copies: 2 px at 32 and 48 px, at least 1 px
 METRICS_FILE = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
 MISTAKES_PNG = "mistakes.png"
@@ -91,8 +91,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     r = p.add_argument_group("inference")
     r.add_argument("--batch-size", type=int, default=config.EVAL_BATCH_SIZE, help="images per forward pass")
     r.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: also average the predictions over the horizontal flip "
-                   "and 4 small shifts (edge-padded) and report both results side by side")
+                   help="test-time augmentation: also average the predictions over ten crops (4 corners "
+                   "and centre, each mirrored) and report both results side by side")
     r.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="decoding processes for --images")
     args = p.parse_args(argv)
@@ -301,64 +301,27 @@ def check_model(model, path: Path, data: EvalData, model_names: list[str], where
 
 # ---------------------------------------------------------------- inference
 
-def tta_shift(size: int) -> int:
-    return max(1, round(TTA_SHIFT_FRACTION * size))
-
-
-def tta_views(x, shift: int) -> list:
-    """Identity, horizontal flip and 4 shifts by `shift` px with edge padding (all batched).
-
-    `x` is a float tensor (B, S, S, C); shifting gathers rows/columns with clipped indices,
-    so the border pixels are repeated into the gap.
-    """
-    import tensorflow as tf
-
-    size_h, size_w = int(x.shape[1]), int(x.shape[2])
-
-    def shifted(dy: int, dx: int):
-        rows = tf.clip_by_value(tf.range(size_h) - dy, 0, size_h - 1)
-        cols = tf.clip_by_value(tf.range(size_w) - dx, 0, size_w - 1)
-        return tf.gather(tf.gather(x, rows, axis=1), cols, axis=2)
-
-    views = [x, tf.reverse(x, axis=[2])]
-    views += [shifted(dy, dx) for dy, dx in ((-shift, 0), (shift, 0), (0, -shift), (0, shift))]
-    return views
-
-
-def tta_description(size: int) -> str:
-    s = tta_shift(size)
-    return f"mean of 6 views: identity, horizontal flip, shifts of {s} px up/down/left/right (edge padding)"
-
-
-def make_predictor(model, size: int, tta: bool):
-    """A compiled function uint8 batch -> (probabilities, TTA probabilities or None).
+def make_predictor(model, size: int, use_tta: bool, batch_size: int = config.EVAL_BATCH_SIZE):
+    """A function uint8 batch -> (probabilities, ten-crop TTA probabilities or None).
 
     One tf.function per model (traced once, for any batch length), reused across splits.
     """
     import tensorflow as tf
 
-    spec = [tf.TensorSpec([None, size, size, 1], tf.uint8)]
-    shift = tta_shift(size)
-
-    @tf.function(input_signature=spec)
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 1], tf.uint8)])
     def plain(batch):
         return model(tf.cast(batch, tf.float32), training=False)
 
-    @tf.function(input_signature=spec)
-    def with_tta(batch):
-        views = tta_views(tf.cast(batch, tf.float32), shift)
-        first = model(views[0], training=False)
-        total = first
-        for view in views[1:]:
-            total = total + model(view, training=False)
-        return first, total / len(views)
+    def chunked(x):
+        return np.concatenate([plain(x[i:i + batch_size]).numpy() for i in range(0, len(x), batch_size)])
 
-    if tta:
-        return lambda b: tuple(t.numpy() for t in with_tta(b))
+    if use_tta:
+        return lambda b: (plain(b).numpy(), tta.predict_averaged(chunked, b))
     return lambda b: (plain(b).numpy(), None)
 
 
-def predict(run, x: np.ndarray, batch_size: int, tta: bool, desc: str) -> tuple[np.ndarray, np.ndarray | None, float]:
+def predict(run, x: np.ndarray, batch_size: int, use_tta: bool,
+            desc: str) -> tuple[np.ndarray, np.ndarray | None, float]:
     """Batched inference through `run` (make_predictor) with a progress bar;
     returns (probs, TTA probs or None, seconds)."""
     from tqdm import tqdm
@@ -376,7 +339,7 @@ def predict(run, x: np.ndarray, batch_size: int, tta: bool, desc: str) -> tuple[
             bar.update(len(batch))
     seconds = time.perf_counter() - started
     probs_arr = _as_probabilities(np.concatenate(probs).astype(np.float64))
-    tta_arr = _as_probabilities(np.concatenate(tta_probs).astype(np.float64)) if tta else None
+    tta_arr = _as_probabilities(np.concatenate(tta_probs).astype(np.float64)) if use_tta else None
     return probs_arr, tta_arr, seconds
 
 
@@ -579,11 +542,11 @@ def evaluate_one(run, model_path: Path, model_sha: str, model_side: dict, tag: s
     probs, tta_probs, seconds = predict(run, data.x, args.batch_size, args.tta,
                                         f"predicting {data.split}" + (" (TTA)" if args.tta else ""))
     print(f"predicted {len(data.y)} images in {seconds:.1f} s ({1000 * seconds / max(len(data.y), 1):.2f} ms/img"
-          + (", 6 views each" if args.tta else "") + ")")
+          + (f", {tta.VIEWS} views each" if args.tta else "") + ")")
     metrics = compute_metrics(data.y, probs, data.class_names)
     tta_metrics = compute_metrics(data.y, tta_probs, data.class_names) if tta_probs is not None else None
     size = data.x.shape[1]
-    tta_desc = tta_description(size) if args.tta else None
+    tta_desc = tta.description(size) if args.tta else None
     print_report(metrics, tta_metrics, tta_desc)
 
     title = f"{model_path.name} on {data.split} ({len(data.y)} images): accuracy {metrics['accuracy']:.3f}"
@@ -730,7 +693,7 @@ def main(argv=None) -> int:
         side = model_info(path) if sidecar_path(path).is_file() else {}
         sha = sha256_file(path)
         print(f"\nmodel {path} (sha256 {sha[:12]}...): {n_out} outputs, input {model.input_shape[1:]}")
-        run = make_predictor(model, size, args.tta)
+        run = make_predictor(model, size, args.tta, args.batch_size)
         for data in data_list:
             rows.append(evaluate_one(run, path, sha, side, tag, data, args, notes))
     if len(rows) > 1:

@@ -215,23 +215,6 @@ def test_pngs_and_tensorboard_are_written(tta_run):
     assert "confusion_matrix" in tags["tensors"] + tags["images"]
 
 
-def test_tta_views_flip_and_shift_with_edge_padding():
-    import tensorflow as tf
-
-    x = np.arange(2 * 5 * 5, dtype=np.float32).reshape(2, 5, 5, 1)
-    views = [v.numpy() for v in evaluate_model.tta_views(tf.constant(x), 2)]
-    assert len(views) == 6 and all(v.shape == x.shape for v in views)
-    np.testing.assert_array_equal(views[0], x)
-    np.testing.assert_array_equal(views[1], x[:, :, ::-1])
-    down = views[3]  # shifted down by 2: the first rows repeat row 0
-    np.testing.assert_array_equal(down[:, 2:], x[:, :3])
-    np.testing.assert_array_equal(down[:, 0], x[:, 0])
-    np.testing.assert_array_equal(down[:, 1], x[:, 0])
-    right = views[5]
-    np.testing.assert_array_equal(right[:, :, 2:], x[:, :, :3])
-    np.testing.assert_array_equal(right[:, :, 1], x[:, :, 0])
-
-
 def test_image_folder_matches_arrays_and_skips_bad_and_unknown(env, tmp_path, capsys):
     # The test/ image folder, with a capitalised class folder, an unknown folder, a corrupt
     # file and a loose file: same images as X_test.npy, so the same metrics.

@@ -235,6 +235,19 @@ def test_folder_glob_json_and_csv_without_detection(model_path, crops, capsys):
     assert [r["emotion"] for r in records] == [config.CLASS_NAMES[k] for k in probs.argmax(1)]
 
 
+def test_tta_averages_ten_crops_of_each_face(model_path, crops, capsys):
+    import tta
+    from litert_runtime import LiteRTClassifier
+
+    code, out, _ = predict(capsys, "--image_path", str(crops), "--no-detect", "--json", "--tta", *litert(model_path))
+    assert code == 0
+    got = np.array([[r["probabilities"][n] for n in config.CLASS_NAMES] for r in json.loads(out)])
+    lite = LiteRTClassifier(model_path.with_suffix(".tflite"))
+    x = np.stack([face_like(i) for i in range(6)])
+    np.testing.assert_allclose(got, tta.predict_averaged(lite.predict, x), atol=2e-6)
+    assert np.abs(got - lite.predict(x)).max() > 1e-3, "TTA changes the probabilities"
+
+
 def test_no_face_falls_back_to_whole_image(model_path, tmp_path, capsys):
     path = tmp_path / "wall.png"
     Image.fromarray(face_like(7, 200)).save(path)

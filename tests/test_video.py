@@ -238,7 +238,8 @@ def test_video_flags_are_checked():
     for argv, message in ((["--image_path", "x.jpg", "--plot", "p.png"], "only with --video"),
                           (["--video", "x.mp4", "--every", "0"], "at least 1"),
                           (["--video", "x.mp4", "--every", "2", "--fps", "3"], "not allowed with"),
-                          (["--video", "x.mp4", "--no-detect"], "not --video")):
+                          (["--video", "x.mp4", "--no-detect"], "not --video"),
+                          (["--video", "x.mp4", "--tta"], "not --video")):
         proc = subprocess.run([sys.executable, SCRIPT, *argv], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and message in proc.stderr, (argv, proc.stderr)
 
