@@ -19,6 +19,11 @@ BACKENDS = ("auto", "litert", "keras")
 def choose_model(args) -> tuple[str, Path, Path]:
     """(backend, file to load, .keras path whose sidecar describes it)."""
     model = args.model or emotion_model.default_model_path(args.models_dir)
+    shipped = Path(config.PRETRAINED_MODEL)
+    if args.model is None and not _model_or_export(model) and _model_or_export(shipped):
+        print(f"note: no model of your own in {args.models_dir}: using the shipped FER2013 model {shipped}",
+              file=sys.stderr)
+        model = shipped
     if model.suffix == config.TFLITE_SUFFIX:
         if args.backend == "keras":
             raise UserError(f"--backend keras needs a .keras model, not {model}")
@@ -45,6 +50,10 @@ def choose_model(args) -> tuple[str, Path, Path]:
         print(f"note: {lite} is older than {model}, using Keras (slower start); "
               f"refresh it with {export_hint}", file=sys.stderr)
     return "keras", model, model
+
+
+def _model_or_export(model: Path) -> bool:
+    return model.is_file() or model.with_suffix(config.TFLITE_SUFFIX).is_file()
 
 
 class KerasClassifier:

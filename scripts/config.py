@@ -41,9 +41,13 @@ FINE_TUNED_MODEL: str = "fine_tuned_model.keras"  # phase 2
 TFLITE_SUFFIX: str = ".tflite"
 RESUME_DIR_NAME: str = ".resume"  # per-run resume state, inside MODELS_DIR
 VGG16_NOTOP_WEIGHTS: str = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+# The model that ships with the project (FER2013, 7 classes): used by prediction when you
+# have no model of your own, and by --weights fer2013 as a start for fine-tuning.
+PRETRAINED_DIR: Path = MODELS_DIR / "pretrained"
+PRETRAINED_MODEL: Path = PRETRAINED_DIR / "fer2013_vgg16.keras"
 
 # --- Training ---
-WEIGHTS: str = "imagenet"  # "imagenet", "none" or a path to a local weights file
+WEIGHTS: str = "imagenet"  # "imagenet", "fer2013", "none", a .keras model of ours or a weights file
 EPOCHS: int = 30  # phase 1 (or the only phase)
 FINE_TUNE_EPOCHS: int = 20  # phase 2, pretrained only
 BATCH_SIZE: int = 64

@@ -36,6 +36,40 @@ def imagenet_weights_help() -> str:
     )
 
 
+def resolve_weights(weights: str) -> str:
+    """"fer2013" -> the shipped model's path; other values unchanged."""
+    return str(config.PRETRAINED_MODEL) if weights == "fer2013" else weights
+
+
+def is_model_file(weights: str) -> bool:
+    """Does --weights name a saved model of ours (its backbone is reused), not a weights file?"""
+    return weights == "fer2013" or Path(weights).suffix == ".keras"
+
+
+def saved_backbone(weights: str, image_size: int):
+    """The VGG16 backbone (with its trained weights) of a saved emotion model of ours."""
+    path = Path(resolve_weights(weights)).expanduser()
+    if not path.is_file():
+        hint = (" (the shipped model: git clone/pull the full repository)" if weights == "fer2013"
+                else " (expected a .keras model saved by model_training.py)")
+        raise UserError(f"model to start from not found: {path}{hint}")
+    saved = load_model(path)
+    try:
+        trained = saved.get_layer(BACKBONE_NAME)
+    except ValueError:
+        raise UserError(f"{path} has no '{BACKBONE_NAME}' backbone: not a model saved by this project") from None
+    side = int(saved.input_shape[1])
+    if side != image_size:
+        raise UserError(f"{path} takes {side}x{side} images but the data is {image_size}x{image_size}: "
+                        f"preprocess with --image-size {side}")
+    # A fresh backbone of the same layout (so it computes in this run's precision), then
+    # the trained weights.
+    with_bn = any(layer.name.endswith("_bn") for layer in trained.layers)
+    backbone = vgg16_bn_backbone(image_size) if with_bn else vgg16_backbone(image_size, "none-plain")
+    backbone.set_weights(trained.get_weights())
+    return backbone, saved
+
+
 def vgg16_backbone(image_size: int, weights: str):
     """Keras's VGG16 without its top. `weights`: "imagenet", "none" or a file path."""
     import keras
@@ -43,6 +77,8 @@ def vgg16_backbone(image_size: int, weights: str):
     shape = (image_size, image_size, 3)
     if weights == "none":
         return vgg16_bn_backbone(image_size)
+    if weights == "none-plain":  # Keras's VGG16 layout without weights (to copy weights into)
+        return keras.applications.VGG16(include_top=False, weights=None, input_shape=shape)
     if weights == "imagenet":
         try:
             return keras.applications.VGG16(include_top=False, weights="imagenet", input_shape=shape)
@@ -94,14 +130,25 @@ def build_model(num_classes: int, image_size: int = config.IMAGE_SIZE, weights: 
     x = layers.Concatenate(name="gray_to_rgb", dtype="float32")([inputs, inputs, inputs])
     x = layers.Normalization(mean=list(VGG_MEAN_BGR), variance=[1.0, 1.0, 1.0],
                              name="vgg16_preprocess", dtype="float32")(x)
-    backbone = vgg16_backbone(image_size, weights)
+    source = None
+    if is_model_file(weights):
+        backbone, source = saved_backbone(weights, image_size)
+    else:
+        backbone = vgg16_backbone(image_size, weights)
     backbone.name = BACKBONE_NAME
     x = backbone(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
-    x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
+    head = layers.Dense(dense_units, activation="relu", name="head_dense")
+    x = head(x)
     x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="emotion")(x)
-    return keras.Model(inputs, outputs, name="emotion_vgg16")
+    model = keras.Model(inputs, outputs, name="emotion_vgg16")
+    if source is not None:
+        # The hidden head layer holds class-independent features too: keep it when it fits.
+        old = source.get_layer("head_dense")
+        if tuple(old.kernel.shape) == tuple(head.kernel.shape):
+            head.set_weights(old.get_weights())
+    return model
 
 
 def set_backbone_trainable(model, trainable_blocks: int | None) -> None:

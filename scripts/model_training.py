@@ -54,7 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     m = p.add_argument_group("model")
     m.add_argument("--weights", default=config.WEIGHTS,
                    help="'imagenet' (downloaded once by Keras), a path to a local VGG16 no-top weights "
-                   "file, or 'none' to train from scratch (VGG16 with batch norm, one phase)")
+                   "file, 'fer2013' (the model shipped in models/pretrained/: its backbone, a new head "
+                   "for your classes; offline), a .keras model of ours to start from likewise, or "
+                   "'none' to train from scratch (VGG16 with batch norm, one phase)")
     m.add_argument("--dense-units", type=int, default=config.DENSE_UNITS, help="units of the head's hidden layer")
     m.add_argument("--dropout", type=float, default=config.DROPOUT, help="dropout before the output layer")
     t = p.add_argument_group("training")
@@ -125,7 +127,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--weight-decay must be in [0, 1) and --warmup-epochs 0 or more")
     if args.time_budget is not None and args.time_budget <= 0:
         p.error("--time-budget must be positive")
-    if args.weights.lower() in ("none", "imagenet"):
+    if args.weights.lower() in ("none", "imagenet", "fer2013"):
         args.weights = args.weights.lower()
     return args
 

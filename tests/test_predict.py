@@ -128,6 +128,25 @@ def test_auto_backend_prefers_fresh_tflite(model_path, tmp_path, capsys):
         predict_emotion.choose_model(args)
 
 
+def test_shipped_model_is_used_when_the_user_has_none(model_path, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(config, "PRETRAINED_MODEL", model_path)
+    empty = tmp_path / "my_models"
+    empty.mkdir()
+    args = predict_emotion.parse_args(["--image_path", "x", "--models-dir", str(empty)])
+    assert predict_emotion.choose_model(args) == ("litert", model_path.with_suffix(".tflite"), model_path)
+    assert "using the shipped FER2013 model" in capsys.readouterr().err
+    # A model of the user's own wins, silently.
+    mine = empty / config.BEST_MODEL
+    mine.write_bytes(b"x")
+    assert predict_emotion.choose_model(args)[1] == mine
+    assert "shipped" not in capsys.readouterr().err
+    # Without either: the usual one-line error.
+    mine.unlink()
+    monkeypatch.setattr(config, "PRETRAINED_MODEL", tmp_path / "absent.keras")
+    with pytest.raises(UserError, match="model not found"):
+        predict_emotion.choose_model(args)
+
+
 # ------------------------------------------------------------------------------ photos
 
 @needs_photos
@@ -376,3 +395,15 @@ def test_overlapping_detections_merge():
             faces.Detection((40, 40, 30, 30), 3), faces.Detection((300, 10, 100, 100), 4)]
     kept = faces.merge_overlapping(dets)
     assert sorted(d.box for d in kept) == [(15, 12, 95, 95), (300, 10, 100, 100)]
+
+
+@needs_photos
+@pytest.mark.skipif(not config.PRETRAINED_MODEL.is_file(), reason="no shipped model in models/pretrained/ yet")
+def test_fresh_clone_predicts_with_the_shipped_model(tmp_path):
+    """No model of the user's own: predict_emotion.py uses the shipped one, offline."""
+    proc = subprocess.run([sys.executable, SCRIPT, "--image_path", str(PHOTOS / "obama.jpg"), "--json",
+                           "--models-dir", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    (record,) = json.loads(proc.stdout)
+    assert record["face_found"] is True and record["emotion"] in config.CLASS_NAMES
+    assert "using the shipped FER2013 model" in proc.stderr

@@ -333,3 +333,57 @@ def test_legacy_h5_model_is_loadable(tmp_path):
     model.save(path)
     x = np.random.default_rng(0).integers(0, 256, (3, SIZE, SIZE, 1)).astype(np.uint8)
     np.testing.assert_allclose(load_model(path).predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+
+# ---------------------------------------------------------------- fine-tuning from a model of ours
+
+def test_fine_tuning_from_a_saved_model_learns_a_new_class_set(arrays, tmp_path):
+    """--weights MODEL.keras (what --weights fer2013 does with the shipped model): the
+    backbone and hidden head layer start from that model, the output layer is new and
+    sized for the new classes; phase 1 leaves the backbone as it was."""
+    import shutil
+
+    import keras
+
+    source_dir = tmp_path / "source"
+    assert run_training(arrays, source_dir, "--weights", "none", "--epochs", "1", "--fresh") == 0
+    source = source_dir / "models" / config.BEST_MODEL
+
+    # A new class set from the same kind of images: positive (happy, surprise) vs the rest.
+    images = arrays.parent / "images"
+    two = tmp_path / "two_classes"
+    for split in ("train", "test"):
+        for emotion_dir in (images / split).iterdir():
+            group = "positive" if emotion_dir.name in ("happy", "surprise") else "negative"
+            (two / split / group).mkdir(parents=True, exist_ok=True)
+            for f in emotion_dir.iterdir():
+                shutil.copy(f, two / split / group / f"{emotion_dir.name}_{f.name}")
+    data_processing.main(["--data-dir", str(two), "--out-dir", str(tmp_path / "two_arrays"),
+                          "--val-fraction", "0.2", "--workers", "1", "--image-size", str(SIZE)])
+    out = tmp_path / "tuned"
+    assert run_training(tmp_path / "two_arrays", out, "--weights", str(source), "--epochs", "6",
+                        "--fine-tune-epochs", "1", "--lr", "3e-3", "--fresh") == 0
+
+    models = out / "models"
+    info = json.loads((models / config.BEST_MODEL).with_suffix(".json").read_text())
+    assert info["class_names"] == ["negative", "positive"]
+    src = keras.models.load_model(source, safe_mode=True, compile=False)
+    phase1 = keras.models.load_model(models / config.BEST_MODEL, safe_mode=True, compile=False)
+    assert phase1.output_shape == (None, 2)
+    for name in ("block1_conv1", "block5_conv3", "block3_conv2_bn"):
+        for a, b in zip(src.get_layer("vgg16").get_layer(name).get_weights(),
+                        phase1.get_layer("vgg16").get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)  # frozen in phase 1
+    # It learns: the training loss falls over the six head epochs.
+    with open(out / "logs" / "t" / "phase1.csv") as f:
+        losses = [float(r["loss"]) for r in csv.DictReader(f)]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    assert (models / config.FINE_TUNED_MODEL).is_file()
+
+
+def test_missing_start_model_is_a_user_error(arrays, tmp_path):
+    with pytest.raises(UserError, match="model to start from not found"):
+        run_training(arrays, tmp_path, "--weights", str(tmp_path / "nope.keras"), "--epochs", "1")
+    if not config.PRETRAINED_MODEL.is_file():
+        with pytest.raises(UserError, match="shipped model"):
+            run_training(arrays, tmp_path, "--weights", "fer2013", "--epochs", "1")
