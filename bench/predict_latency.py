@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
 SCRIPT = ROOT / "scripts" / "predict_emotion.py"
 SHARED = ROOT.parent / "shared"
 

@@ -1,29 +1,27 @@
-"""Training throughput: the real input pipeline vs a bare model.fit, and bf16 vs float32.
+"""Training throughput: the real input pipeline vs a bare model.fit, bf16 vs float32,
+and TensorFlow's oneDNN on vs off.
 
 In one run, on the same model (the from-scratch VGG16-BN at 48x48) and batch size:
-  1. pipeline: model_training.make_dataset (uint8 arrays -> shuffle -> batch -> cast ->
+  1. pipeline: training.make_dataset (uint8 arrays -> shuffle -> batch -> cast ->
      flip/rotate/zoom/shift/erase) feeding model.fit, exactly as training does;
   2. bare: model.fit on one in-memory float batch repeated (no input work at all);
-  3. bare in float32, for the bf16/float32 speed ratio.
+  3. bare in float32, for the bf16/float32 speed ratio;
+  4. bare in two child processes, TF_ENABLE_ONEDNN_OPTS=1 and =0 (it is read at import),
+     for the oneDNN on/off ratio (the scripts turn it on on every x86 CPU).
 Images/s are timed between batch callbacks after warm-up steps (graph tracing excluded).
 
-    python bench/train_throughput.py            # about 3 minutes on 2 cores
+    .venv/bin/python bench/train_throughput.py            # about 5 minutes on 2 cores
 """
 
 import argparse
 import os
+import subprocess
 import sys
 import time
-from pathlib import Path
-from types import SimpleNamespace
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import config  # noqa: E402
+import config
 
 
 def timed_fit(model, dataset, steps: int, warmup: int, batch: int) -> float:
@@ -44,12 +42,33 @@ def fresh_model(precision: str, n_classes: int, size: int):
     import keras
 
     from emotion_model import build_model
-    from model_training import compile_model
+    from training import compile_model
 
     keras.mixed_precision.set_global_policy(precision)
     model = build_model(n_classes, size, "none")
-    compile_model(model, SimpleNamespace(optimizer="adam", label_smoothing=0.0, weight_decay=0.0), 1e-3)
+    compile_model(model, "adam", 1e-3)
     return model
+
+
+def bare_rate(precision: str, steps: int, warmup: int, batch: int) -> float:
+    """Images/s of model.fit on one repeated in-memory batch (this process)."""
+    import tensorflow as tf
+
+    size, n_classes = config.IMAGE_SIZE, len(config.CLASS_NAMES)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (batch, size, size, 1)).astype(np.float32)
+    y = tf.one_hot(rng.integers(0, n_classes, batch), n_classes)
+    bare = tf.data.Dataset.from_tensors((tf.constant(x), y)).repeat()
+    return timed_fit(fresh_model(precision, n_classes, size), bare, steps, warmup, batch)
+
+
+def onednn_child(flag: str, precision: str, args) -> tuple[float, str]:
+    """(img/s, oneDNN state TensorFlow reports) in a child process with TF_ENABLE_ONEDNN_OPTS=flag."""
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=flag)
+    out = subprocess.run([sys.executable, __file__, "--child", precision, "--steps", str(args.steps),
+                          "--warmup", str(args.warmup), "--batch-size", str(args.batch_size)],
+                         env=env, capture_output=True, text=True, check=True).stdout.split()
+    return float(out[-2]), out[-1]
 
 
 def main() -> None:
@@ -58,19 +77,29 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--images", type=int, default=4096, help="synthetic training images in memory")
+    p.add_argument("--child", metavar="PRECISION", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.child:  # one measurement for onednn_child(): "<img/s> <oneDNN on|off>"
+        from common import import_tensorflow, onednn_enabled
 
+        import_tensorflow()
+        rate = bare_rate(args.child, args.steps, args.warmup, args.batch_size)
+        print(f"{rate:.2f} {'on' if onednn_enabled() else 'off'}")
+        return
+
+    from common import cpu_description, import_tensorflow, onednn_enabled
+
+    import_tensorflow()
     import tensorflow as tf
 
-    from model_training import cpu_has_bf16, make_dataset
+    from model_training import cpu_has_bf16
+    from training import Augmentation, make_dataset
 
     size, n_classes, batch = config.IMAGE_SIZE, len(config.CLASS_NAMES), args.batch_size
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (args.images, size, size, 1), dtype=np.uint8)
     y = rng.integers(0, n_classes, args.images)
-    aug = SimpleNamespace(augment=True, aug_flip=True, aug_rotation=config.AUG_ROTATION_DEG,
-                          aug_zoom=config.AUG_ZOOM, aug_shift=config.AUG_SHIFT, aug_erasing=config.AUG_ERASING)
-    pipeline = make_dataset(x, y, batch, True, aug, 0, n_classes).repeat()
+    pipeline = make_dataset(x, y, batch, n_classes, 0, Augmentation(), shuffle=True).repeat()
     bare = tf.data.Dataset.from_tensors(
         (tf.constant(x[:batch], tf.float32), tf.one_hot(y[:batch], n_classes))).repeat()
 
@@ -82,14 +111,22 @@ def main() -> None:
         results.setdefault(name, []).append(timed_fit(model, ds, args.steps, args.warmup, batch))
     model32 = fresh_model("float32", n_classes, size)
     f32 = timed_fit(model32, bare, args.steps, args.warmup, batch)
+    onednn = {}
+    for flag in ("1", "0", "1", "0"):  # alternated, best of two each
+        rate, state = onednn_child(flag, precision, args)
+        onednn[flag] = max(onednn.get(flag, (0.0, ""))[0], rate), state
 
     pipe, bare_ips = max(results["pipeline"]), max(results["bare"])
-    print(f"model: VGG16-BN {size}x{size}, batch {batch}, {os.cpu_count()} CPU cores, precision {precision}")
+    print(f"machine: {cpu_description()}; oneDNN {'on' if onednn_enabled() else 'off'} in this process")
+    print(f"model: VGG16-BN {size}x{size}, batch {batch}, precision {precision}")
     runs = {k: ", ".join(f"{v:.1f}" for v in vals) for k, vals in results.items()}
     print(f"pipeline (tf.data + augmentation) : {pipe:7.1f} img/s  (runs: {runs['pipeline']})")
     print(f"bare model.fit (in-memory tensors): {bare_ips:7.1f} img/s  (runs: {runs['bare']})")
     print(f"ratio pipeline/bare: {pipe / bare_ips:.2f}  (target >= 0.9)")
     print(f"bare float32: {f32:.1f} img/s; {precision}/float32 speed ratio: {bare_ips / f32:.2f}")
+    (on, on_state), (off, off_state) = onednn["1"], onednn["0"]
+    print(f"bare {precision}, TF_ENABLE_ONEDNN_OPTS=1: {on:.1f} img/s (TF reports oneDNN {on_state}); "
+          f"=0: {off:.1f} img/s ({off_state}); on/off ratio: {on / off:.2f}")
 
 
 if __name__ == "__main__":

@@ -24,17 +24,17 @@ import tempfile
 import time
 from pathlib import Path
 
+
+import cv2
+
+import config
+import predict_emotion
+import video
+from classifiers import class_names_for, load_classifier
+from common import cpu_description
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import cv2  # noqa: E402
-
-import config  # noqa: E402
-import predict_emotion  # noqa: E402
-import video  # noqa: E402
-from classifiers import class_names_for, load_classifier  # noqa: E402
-from common import cpu_description  # noqa: E402
 
 SCRIPT = ROOT / "scripts" / "predict_emotion.py"
 SETTINGS = ((1, 640), (1, 480), (1, 320), (3, 480), (3, 320), (5, 480))  # (detect every, side)

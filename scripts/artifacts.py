@@ -1,4 +1,4 @@
-"""The preprocessed arrays on disk: names, checks on read.
+"""The preprocessed arrays on disk, this module's format alone: names, writing, checks on read.
 
 Written by data_processing.py, read by training and evaluation. `meta.json` is
 written last and holds the SHA-256 of every array, so stale, mismatched or
@@ -7,13 +7,13 @@ half-written arrays are detected before anything trains on them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 import config
-from common import UserError, read_json, sha256_file
+from common import UserError, atomic_save_npy, atomic_write_json, read_json, sha256_file, utc_now
 
 FORMAT_VERSION = 1
 
@@ -24,9 +24,38 @@ def array_names(split: str) -> tuple[str, str]:
 
 @dataclass
 class Split:
-    name: str
+    """Labelled images: a split of the arrays, or an image folder to evaluate."""
+    name: str  # train, val, test (or "images" for a folder)
     x: np.ndarray  # uint8 (N, S, S, 1)
     y: np.ndarray  # int64 (N,), class indices
+    class_names: list[str] = field(default_factory=list)
+    info: dict = field(default_factory=dict)  # where the images came from, for metrics.json
+
+
+def write_arrays(out_dir: Path, arrays: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict[str, str]:
+    """X (N, S, S) uint8 and y of every split, atomically; returns their SHA-256 by file name.
+
+    meta.json is removed first: until write_meta writes the new one, the folder is
+    visibly incomplete.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / config.META_FILE).unlink(missing_ok=True)
+    sha = {}
+    for split in config.SPLITS:
+        x_name, y_name = array_names(split)
+        atomic_save_npy(out_dir / x_name, np.ascontiguousarray(arrays[split][..., None]))
+        atomic_save_npy(out_dir / y_name, labels[split].astype(np.int64))
+        sha[x_name] = sha256_file(out_dir / x_name)
+        sha[y_name] = sha256_file(out_dir / y_name)
+    return sha
+
+
+def write_meta(out_dir: Path, meta: dict) -> dict:
+    """meta.json (last of all files): `meta` plus the format version and creation time."""
+    meta = {"format_version": FORMAT_VERSION, "created": utc_now(), **meta}
+    atomic_write_json(Path(out_dir) / config.META_FILE, meta)
+    return meta
 
 
 def read_meta(data_dir: Path) -> dict:
@@ -43,6 +72,12 @@ def read_meta(data_dir: Path) -> dict:
             "interrupted run; run scripts/data_processing.py again"
         )
     meta = read_json(meta_path, "preprocessing metadata")
+    if not isinstance(meta, dict):
+        raise UserError(f"{meta_path} is not a preprocessing metadata object: re-run scripts/data_processing.py")
+    version = meta.get("format_version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise UserError(f"{meta_path} has format version {version}; this code reads version {FORMAT_VERSION}: "
+                        "re-run scripts/data_processing.py (or update the code)")
     for key in ("class_names", "image_size", "sha256", "counts"):
         if key not in meta:
             raise UserError(f"{meta_path} has no '{key}': re-run scripts/data_processing.py")
@@ -88,4 +123,4 @@ def load_split(data_dir: Path, split: str, meta: dict | None = None, verify: boo
             f"{data_dir / y_name} has labels outside 0..{n_classes - 1} "
             f"({n_classes} classes in meta.json)"
         )
-    return Split(split, x, y.astype(np.int64))
+    return Split(split, x, y.astype(np.int64), list(meta["class_names"]))

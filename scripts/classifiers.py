@@ -11,7 +11,7 @@ import numpy as np
 
 import config
 import emotion_model  # TF-free at import time: TensorFlow is only imported to load a .keras
-from common import UserError
+from common import UserError, check_gray_input, model_not_found
 
 BACKENDS = ("auto", "litert", "keras")
 
@@ -30,11 +30,9 @@ def choose_model(args) -> tuple[str, Path, Path]:
         return "litert", model, model.with_suffix(".keras")
     lite = model.with_suffix(config.TFLITE_SUFFIX)
     export_hint = f"python scripts/export_model.py --model {model}"
-    missing = (f"model not found: {model} (train one with scripts/model_training.py, "
-               "or pass --model PATH)")
     if args.backend == "keras":
         if not model.is_file():
-            raise UserError(missing)
+            raise model_not_found(model)
         return "keras", model, model
     if args.backend == "litert":
         if not lite.is_file():
@@ -45,7 +43,7 @@ def choose_model(args) -> tuple[str, Path, Path]:
     if lite.is_file() and (not model.is_file() or lite.stat().st_mtime >= model.stat().st_mtime):
         return "litert", lite, model
     if not model.is_file():
-        raise UserError(missing)
+        raise model_not_found(model)
     if lite.is_file():
         print(f"note: {lite} is older than {model}, using Keras (slower start); "
               f"refresh it with {export_hint}", file=sys.stderr)
@@ -57,15 +55,10 @@ def _model_or_export(model: Path) -> bool:
 
 
 class KerasClassifier:
-    backend = "keras"
-
     def __init__(self, path: Path):
         self.path = Path(path)
         self.model = emotion_model.load_model(self.path)
-        shape = tuple(self.model.input_shape)
-        if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 1:
-            raise UserError(f"{self.path}: input shape {shape} is not (N, S, S, 1) grayscale")
-        self.image_size = int(shape[1])
+        self.image_size = check_gray_input(self.model.input_shape, self.path)
         self.num_outputs = int(self.model.output_shape[-1])
 
     def predict(self, pixels: np.ndarray, batch_size: int = config.EVAL_BATCH_SIZE) -> np.ndarray:
@@ -87,15 +80,14 @@ def load_classifier(backend: str, path: Path, threads: int | None = None):
 
 def class_names_for(info_path: Path, classifier) -> list[str]:
     info = emotion_model.model_info(info_path, classifier.num_outputs)
-    if "sidecar" in info:
-        print(f"warning: {emotion_model.sidecar_path(info_path)} not found: assuming FER2013's classes "
-              f"({', '.join(info['class_names'])})", file=sys.stderr)
-    names = [str(n) for n in info["class_names"]]
+    if info.assumed:
+        print(f"warning: {info.assumed} ({', '.join(info.class_names)})", file=sys.stderr)
+    names = info.class_names
     if len(names) != classifier.num_outputs:
         raise UserError(f"{emotion_model.sidecar_path(info_path)} lists {len(names)} classes but the model "
                         f"has {classifier.num_outputs} outputs")
-    side = info.get("image_size")
-    if side and int(side) != classifier.image_size:
+    side = info.image_size
+    if side != classifier.image_size:
         raise UserError(f"{emotion_model.sidecar_path(info_path)} says image size {side} but the model "
                         f"takes {classifier.image_size}x{classifier.image_size}")
     return names

@@ -1,8 +1,10 @@
-"""Small helpers every script uses: one-line errors, atomic writes, checksums."""
+"""Small helpers every script uses: one-line errors, atomic writes, checksums, the
+messages and checks several scripts share."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -10,6 +12,7 @@ import platform
 import signal
 import sys
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -69,17 +72,9 @@ def import_tensorflow():
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
+    with redirected_stderr(os.devnull):
         import keras  # noqa: F401
         import tensorflow
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
     return tensorflow
 
 
@@ -158,12 +153,9 @@ def atomic_save_keras(model, path: Path) -> None:
         raise
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -174,6 +166,61 @@ def read_json(path: Path, what: str) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{what} is not readable JSON ({path}): {exc}") from None
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (or its type), for one-line errors."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+def model_not_found(path: Path) -> UserError:
+    return UserError(f"model not found: {path} (train one with scripts/model_training.py, or pass --model PATH)")
+
+
+def check_gray_input(shape, where) -> int:
+    """S of a model input shape (N, S, S, 1); UserError for anything else."""
+    shape = tuple(shape)
+    if len(shape) != 4 or shape[3] != 1 or shape[1] != shape[2] or not isinstance(shape[1], int):
+        raise UserError(f"{where}: input shape {shape} is not (N, S, S, 1) square grayscale images "
+                        "as the models of model_training.py take")
+    return int(shape[1])
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def library_versions(*modules: str) -> dict:
+    """Python's version and those of the named modules (imported ones only cost nothing)."""
+    import importlib
+
+    versions = {"python": platform.python_version()}
+    for name in modules:
+        module = importlib.import_module(name)
+        versions[{"sklearn": "scikit-learn", "PIL": "pillow"}.get(name, name)] = module.__version__
+    return versions
+
+
+@contextlib.contextmanager
+def redirected_stderr(target: str | int):
+    """Point file descriptor 2 (where native code writes) at a path or an open fd for the
+    duration; Python's sys.stderr is flushed first so nothing is reordered."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (embedded, a test capturing fd 2)
+        yield
+        return
+    fd = os.open(target, os.O_WRONLY) if isinstance(target, str) else target
+    os.dup2(fd, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        if isinstance(target, str):
+            os.close(fd)
 
 
 def format_table(header: list[str], rows: list[list[Any]]) -> str:

@@ -15,6 +15,8 @@ PREPROCESSED_DIR: Path = ROOT / "preprocessed_data"
 MODELS_DIR: Path = ROOT / "models"
 LOGS_DIR: Path = ROOT / "logs"
 DEMO_DATA_DIR: Path = ROOT / "demo" / "data"
+DEMO_TRAIN_PER_CLASS: int = 60  # make_demo_data.py (make demo asks for 120)
+DEMO_TEST_PER_CLASS: int = 15
 
 # --- Classes and images ---
 # FER2013's seven emotions, in the alphabetical folder order of the Kaggle release.
@@ -51,6 +53,8 @@ WEIGHTS: str = "imagenet"  # "imagenet", "fer2013", "none", a .keras model of ou
 EPOCHS: int = 30  # phase 1 (or the only phase)
 FINE_TUNE_EPOCHS: int = 20  # phase 2, pretrained only
 BATCH_SIZE: int = 64
+OPTIMIZER: str = "adam"  # or "sgd" (Nesterov momentum 0.9)
+PRECISION: str = "auto"  # mixed_float16 on GPU, mixed_bfloat16 on CPUs with bf16 instructions, else float32
 LEARNING_RATE: float = 3e-4  # Adam, phase 1 / from scratch; 1e-3 often failed to start VGG16-BN (measured)
 FINE_TUNE_LEARNING_RATE: float = 1e-5
 FINE_TUNE_BLOCKS: int = 2  # VGG16 blocks unfrozen in phase 2 (block5, block4)
@@ -65,7 +69,6 @@ DROPOUT: float = 0.0  # 0.5 made from-scratch VGG16-BN learn ~2.5x slower (demo 
 DENSE_UNITS: int = 256
 
 # Augmentation (applied to training batches only, never at evaluation).
-AUG_FLIP: bool = True
 AUG_ROTATION_DEG: float = 10.0
 AUG_ZOOM: float = 0.1
 AUG_SHIFT: float = 0.1
@@ -74,6 +77,9 @@ AUG_ERASING: float = 0.25  # probability of erasing one random rectangle per ima
 # --- Evaluation / prediction ---
 EVAL_BATCH_SIZE: int = 256
 EVAL_DIR_NAME: str = "eval"  # models/eval/<model>-<split>/
+MISTAKES_SHOWN: int = 25  # evaluate_model.py --mistakes: the most confident mistakes drawn
+EXPORT_CHECK_SAMPLES: int = 8  # export_model.py: random inputs on which LiteRT and Keras must agree...
+EXPORT_TOLERANCE: float = 1e-3  # ...to within this absolute difference of probabilities
 TTA_CROP_FRACTION: float = 0.9  # ten-crop TTA: crop side / image side (training zooms in up to 10%)
 FACE_MARGIN: float = 0.2  # fraction of the face box added on each side before cropping
 DETECT_MAX_SIDE: int = 1024  # photos are downscaled to this longest side for detection

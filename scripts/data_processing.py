@@ -14,29 +14,19 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import multiprocessing
 import os
-import platform
-import signal
 import sys
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import PIL
-import tqdm as tqdm_module
-from tqdm import tqdm
 
 import config
-from artifacts import FORMAT_VERSION, array_names
-from common import HelpFormatter, UserError, atomic_save_npy, atomic_write_json, format_table, run_cli, sha256_file
-from imaging import BadImage, list_files, load_gray
-
-PARALLEL_MIN_FILES = 256  # below this a process pool costs more than it saves
-# tqdm's monitor thread would be inherited half-way by forked workers (deadlock risk).
-tqdm_module.tqdm.monitor_interval = 0
+from artifacts import array_names, write_arrays, write_meta
+from common import HelpFormatter, UserError, format_table, library_versions, run_cli
+from folders import class_folders, decode_all
+from imaging import list_files
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -73,10 +63,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------- discovery
-
-def class_folders(split_dir: Path) -> list[str]:
-    return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
-
 
 def discover(data_dir: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]], list[dict], list[str]]:
     """Find classes and files. Returns class names, {split_source: [(path, label)]},
@@ -116,60 +102,6 @@ def discover(data_dir: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]
             files += [(path, classes.index(name)) for path in list_files(split_dir / name)]
         sources[split] = files
     return classes, sources, ignored, warnings
-
-
-# ---------------------------------------------------------------- decoding
-
-def _decode_batch(job: tuple[list[str], int]) -> tuple[bytes, dict[int, str]]:
-    """Decode a batch of files in a worker: one bytes buffer back, plus failures by position."""
-    paths, size = job
-    out = bytearray(len(paths) * size * size)
-    failures = {}
-    for i, path in enumerate(paths):
-        try:
-            out[i * size * size:(i + 1) * size * size] = load_gray(path, size).tobytes()
-        except BadImage as exc:
-            failures[i] = str(exc)
-    return bytes(out), failures
-
-
-def _worker_signals() -> None:
-    """Workers leave Ctrl+C and SIGTERM to the parent, which stops them cleanly."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def decode_all(paths: list[Path], size: int, workers: int, desc: str, batch: int = 256):
-    """Decode every path; returns (uint8 array (n_ok, size, size), ok mask, {index: reason})."""
-    jobs = [([str(p) for p in paths[i:i + batch]], size) for i in range(0, len(paths), batch)]
-    pixels = np.empty((len(paths), size, size), dtype=np.uint8)
-    ok = np.ones(len(paths), dtype=bool)
-    reasons: dict[int, str] = {}
-    pool = None
-    if workers > 1 and len(paths) >= PARALLEL_MIN_FILES:
-        # fork: workers start at once; no TensorFlow or other threads are loaded here.
-        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_signals)
-    try:
-        results = pool.imap(_decode_batch, jobs) if pool else map(_decode_batch, jobs)
-        with tqdm(total=len(paths), desc=desc, unit="img", file=sys.stderr,
-                  dynamic_ncols=True, disable=None, mininterval=0.5) as bar:
-            for b, (data, failures) in enumerate(results):
-                start = b * batch
-                n = len(jobs[b][0])
-                pixels[start:start + n] = np.frombuffer(data, dtype=np.uint8).reshape(n, size, size)
-                for i, reason in failures.items():
-                    ok[start + i] = False
-                    reasons[start + i] = reason
-                bar.update(n)
-        if pool:
-            # close+join, not terminate: terminate can deadlock on idle workers holding the queue lock.
-            pool.close()
-            pool.join()
-    except BaseException:
-        if pool:
-            pool.terminate()
-        raise
-    return pixels[ok], ok, reasons
 
 
 # ---------------------------------------------------------------- splitting and audit
@@ -318,9 +250,7 @@ def main(argv=None) -> int:
         for c, n in counts[s].items():
             if n == 0 and s == "train":
                 print(f"warning: class '{c}' has no training images", file=sys.stderr)
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    meta = write_meta(args.out_dir, {
         "source_dir": str(data_dir),
         "class_names": classes,
         "image_size": args.image_size,
@@ -343,26 +273,11 @@ def main(argv=None) -> int:
         "duplicates": audit,
         "near_blank_images": near_blank,
         "warnings": warnings,
-        "versions": {"python": platform.python_version(), "numpy": np.__version__, "pillow": PIL.__version__},
+        "versions": library_versions("numpy", "PIL"),
         "elapsed_seconds": round(time.time() - started, 2),
-    }
-    atomic_write_json(args.out_dir / config.META_FILE, meta)
+    })
     print_summary(meta, has_test, args.out_dir)
     return 0
-
-
-def write_arrays(out_dir: Path, arrays: dict, labels: dict) -> dict[str, str]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # Remove meta.json first: until the new one is written, the folder is visibly incomplete.
-    (out_dir / config.META_FILE).unlink(missing_ok=True)
-    sha = {}
-    for split in config.SPLITS:
-        x_name, y_name = array_names(split)
-        atomic_save_npy(out_dir / x_name, np.ascontiguousarray(arrays[split][..., None]))
-        atomic_save_npy(out_dir / y_name, labels[split].astype(np.int64))
-        sha[x_name] = sha256_file(out_dir / x_name)
-        sha[y_name] = sha256_file(out_dir / y_name)
-    return sha
 
 
 def print_summary(meta: dict, has_test: bool, out_dir: Path) -> None:

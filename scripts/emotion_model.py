@@ -6,17 +6,20 @@ ImageNet BGR means) are layers of the model, so no caller can feed it wrongly. O
 built-in Keras layers are used, so models load with safe_mode=True and no custom code.
 
 Each saved model has a JSON sidecar (same name, .json) with its class names, input
-size and the effective training settings; `model_info()` reads it.
+size and the effective training settings: `write_sidecar()` writes it, `model_info()`
+reads it (this module is the format's only owner).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import config
-from common import UserError, import_tensorflow
+from common import (UserError, atomic_write_json, first_line, import_tensorflow, library_versions, model_not_found,
+                    utc_now)
 
 # VGG16 "caffe" preprocessing: BGR channel means of ImageNet, no scaling.
 VGG_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -93,8 +96,7 @@ def vgg16_backbone(image_size: int, weights: str):
     try:
         return keras.applications.VGG16(include_top=False, weights=str(path), input_shape=shape)
     except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"cannot load VGG16 weights from {path}: {first}") from None
+        raise UserError(f"cannot load VGG16 weights from {path}: {first_line(exc)}") from None
 
 
 def vgg16_bn_backbone(image_size: int):
@@ -181,16 +183,14 @@ def load_model(model_path: Path, compile: bool = False, float32: bool = True):
     """
     model_path = Path(model_path)
     if not model_path.is_file():
-        raise UserError(f"model not found: {model_path} (train one with scripts/model_training.py, "
-                        "or pass --model PATH)")
+        raise model_not_found(model_path)
     import_tensorflow()
     import keras
 
     try:
         model = keras.models.load_model(model_path, compile=compile, safe_mode=True)
     except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"cannot load model {model_path}: {first[:300]}") from None
+        raise UserError(f"cannot load model {model_path}: {first_line(exc)}") from None
     return as_float32(model) if float32 else model
 
 
@@ -221,25 +221,65 @@ def _all_layers(model):
             yield from _all_layers(layer)
 
 
-def model_info(model_path: Path, num_outputs: int | None = None) -> dict:
+SIDECAR_VERSION = 1
+
+
+@dataclass
+class ModelInfo:
+    """What a saved model's sidecar says about it (or what is assumed without one)."""
+    class_names: list[str]
+    image_size: int
+    sidecar: dict = field(default_factory=dict)  # the whole sidecar, {} when there is none
+    assumed: str | None = None  # why the classes are assumed, when there is no sidecar
+
+
+def write_sidecar(model_path: Path, args, meta: dict, run_name: str, phase: int, best_acc: float,
+                  best_epoch: int, hardware: str, elapsed: float) -> None:
+    """<model>.json: classes, input, effective settings, data checksums, result, versions."""
+    info = {
+        "format_version": SIDECAR_VERSION,
+        "model": model_path.name,
+        "created": utc_now(),
+        "class_names": meta["class_names"],
+        "image_size": meta["image_size"],
+        "input": f"raw grayscale pixels 0-255, shape (N, {meta['image_size']}, {meta['image_size']}, 1)",
+        "phase": phase,
+        "best_val_accuracy": best_acc,
+        "best_epoch": best_epoch,
+        "training_seconds": round(elapsed, 1),
+        "run_name": run_name,
+        "hardware": hardware,
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "data": {"dir": str(args.data_dir.resolve()), "sha256": meta["sha256"], "counts": meta["counts"]},
+        "versions": library_versions("tensorflow", "keras", "numpy"),
+    }
+    atomic_write_json(sidecar_path(model_path), info)
+
+
+def model_info(model_path: Path, num_outputs: int | None = None) -> ModelInfo:
     """Class names and input size of a saved model, from its JSON sidecar.
 
     Models without a sidecar (e.g. a user's .h5) are assumed to use the FER2013 classes
-    if they have 7 outputs.
+    if they have 7 outputs. A sidecar that exists but cannot be used is an error.
     """
     side = sidecar_path(model_path)
     if side.is_file():
+        damaged = f"{side} (the model's sidecar) is damaged: {{}}; re-train, or delete it to assume FER2013's classes"
         try:
             info = json.loads(side.read_text(encoding="utf-8"))
-            if isinstance(info.get("class_names"), list) and info.get("image_size"):
-                return info
-        except (OSError, json.JSONDecodeError):
-            pass
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(damaged.format(first_line(exc, 120))) from None
+        if not isinstance(info, dict) or not isinstance(info.get("class_names"), list) \
+                or not isinstance(info.get("image_size"), int):
+            raise UserError(damaged.format("no class_names list and image_size"))
+        version = info.get("format_version", SIDECAR_VERSION)
+        if version != SIDECAR_VERSION:
+            raise UserError(damaged.format(f"format version {version}, this code reads {SIDECAR_VERSION}"))
+        return ModelInfo([str(n) for n in info["class_names"]], info["image_size"], info)
     if num_outputs in (None, len(config.CLASS_NAMES)):
-        return {"class_names": list(config.CLASS_NAMES), "image_size": config.IMAGE_SIZE,
-                "sidecar": "missing: assumed FER2013's 7 classes"}
-    raise UserError(f"{side} is missing or unreadable and the model has {num_outputs} outputs: "
-                    "cannot tell its class names")
+        return ModelInfo(list(config.CLASS_NAMES), config.IMAGE_SIZE,
+                         assumed=f"{side} not found: assuming FER2013's 7 classes")
+    raise UserError(f"{side} is missing and the model has {num_outputs} outputs: cannot tell its class names")
 
 
 def default_model_path(models_dir: Path) -> Path:

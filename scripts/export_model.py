@@ -24,20 +24,20 @@ import numpy as np
 
 import config
 import emotion_model
-from common import UserError, run_cli
+from common import HelpFormatter, UserError, check_gray_input, first_line, model_not_found, run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", type=Path, default=None,
                    help="the .keras model to export (default: fine_tuned_model.keras in --models-dir "
                         "if present, else best_model.keras)")
     p.add_argument("--models-dir", type=Path, default=config.MODELS_DIR,
-                   help=f"where the default model is looked for (default: {config.MODELS_DIR})")
-    p.add_argument("--check-samples", type=int, default=8,
-                   help="random inputs on which LiteRT and Keras must agree (default: 8)")
-    p.add_argument("--tolerance", type=float, default=1e-3,
-                   help="largest allowed absolute difference of probabilities (default: 1e-3)")
+                   help="where the default model is looked for")
+    p.add_argument("--check-samples", type=int, default=config.EXPORT_CHECK_SAMPLES,
+                   help="random inputs on which LiteRT and Keras must agree")
+    p.add_argument("--tolerance", type=float, default=config.EXPORT_TOLERANCE,
+                   help="largest allowed absolute difference of probabilities")
     p.add_argument("--seed", type=int, default=config.SEED)
     args = p.parse_args(argv)
     if args.check_samples < 1:
@@ -83,8 +83,7 @@ def main(argv=None) -> int:
     if model_path.suffix == config.TFLITE_SUFFIX:
         raise UserError(f"{model_path} is already a LiteRT model: pass the .keras model it came from")
     if not model_path.is_file():  # before importing Keras (seconds) just to say so
-        raise UserError(f"model not found: {model_path} (train one with scripts/model_training.py, "
-                        "or pass --model PATH)")
+        raise model_not_found(model_path)
     out = tflite_path(model_path)
     if not emotion_model.sidecar_path(model_path).is_file():
         print(f"warning: {emotion_model.sidecar_path(model_path)} is missing: prediction will assume "
@@ -92,9 +91,7 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     model = emotion_model.load_model(model_path)
-    shape = tuple(model.input_shape)
-    if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 1:
-        raise UserError(f"{model_path}: input shape {shape} is not (N, S, S, 1) grayscale")
+    check_gray_input(model.input_shape, model_path)
 
     # Convert into a staging file first: an export that fails the check must not replace
     # a good .tflite.
@@ -105,8 +102,7 @@ def main(argv=None) -> int:
         except UserError:
             raise
         except Exception as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UserError(f"LiteRT conversion of {model_path} failed: {first[:300]}") from None
+            raise UserError(f"LiteRT conversion of {model_path} failed: {first_line(exc)}") from None
         diff, same_top = compare(model, staging, args.check_samples, args.seed)
         print(f"check on {args.check_samples} random inputs: max |keras - litert| = {diff:.2e}, "
               f"top class {'identical' if same_top else 'DIFFERENT'}")

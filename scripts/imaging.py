@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 import config
+from common import first_line
 
 # Let PIL itself refuse bombs too (it raises above 2x this, warns above it; we make the
 # warning an error below).
@@ -96,8 +97,7 @@ def _decode(file, max_pixels: int, draft_size: int | None) -> Image.Image:
     except Image.UnidentifiedImageError:
         raise BadImage("not an image (format not recognised)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BadImage(f"corrupt or truncated image ({text})") from None
+        raise BadImage(f"corrupt or truncated image ({first_line(exc)})") from None
     except MemoryError:
         raise BadImage("image needs too much memory to decode") from None
     return image

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import UserError
+from common import UserError, check_gray_input, first_line, redirected_stderr
 
 # Printed by LiteRT's C++ code on every start; not worth a user's attention.
 _NOISE = ("Created TensorFlow Lite XNNPACK delegate",)
@@ -30,30 +30,18 @@ def cpu_count() -> int:
 @contextmanager
 def _filtered_stderr():
     """Capture what native code writes to file descriptor 2; pass on all but _NOISE."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real stderr (embedded, tests capturing fd 2)
-        yield
-        return
     with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
+        with redirected_stderr(capture.fileno()):
             yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            text = capture.read().decode("utf-8", "replace")
-            kept = [line for line in text.splitlines() if line and not any(n in line for n in _NOISE)]
-            if kept:
-                print("\n".join(kept), file=sys.stderr)
+        capture.seek(0)
+        text = capture.read().decode("utf-8", "replace")
+    kept = [line for line in text.splitlines() if line and not any(n in line for n in _NOISE)]
+    if kept:
+        print("\n".join(kept), file=sys.stderr)
 
 
 class LiteRTClassifier:
     """A .tflite image classifier: (N, S, S, 1) pixels -> (N, classes) probabilities."""
-
-    backend = "litert"
 
     def __init__(self, path: Path, threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
@@ -65,8 +53,7 @@ class LiteRTClassifier:
         try:
             self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads or cpu_count())
         except (ValueError, RuntimeError) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UserError(f"cannot load LiteRT model {self.path}: {first[:300]} "
+            raise UserError(f"cannot load LiteRT model {self.path}: {first_line(exc)} "
                             "(re-create it with scripts/export_model.py)") from None
         inputs = self.interpreter.get_input_details()
         outputs = self.interpreter.get_output_details()
@@ -74,10 +61,8 @@ class LiteRTClassifier:
             raise UserError(f"{self.path}: expected one input and one output, got "
                             f"{len(inputs)} and {len(outputs)}")
         self._input, self._output = inputs[0], outputs[0]
-        shape = list(self._input.get("shape_signature", self._input["shape"]))
-        if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 1:
-            raise UserError(f"{self.path}: input shape {shape} is not (N, S, S, 1) grayscale")
-        self.image_size = int(shape[1])
+        shape = [int(v) for v in self._input.get("shape_signature", self._input["shape"])]
+        self.image_size = check_gray_input(shape, self.path)
         self.num_outputs = int(self._output["shape"][-1])
         self._dynamic_batch = shape[0] == -1
         self._batch = None

@@ -27,8 +27,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Generate synthetic face images per emotion (demo data).",
                                 formatter_class=HelpFormatter)
     p.add_argument("--out-dir", type=Path, default=config.DEMO_DATA_DIR, help="dataset folder to create")
-    p.add_argument("--train-per-class", type=int, default=60, help="training images per emotion")
-    p.add_argument("--test-per-class", type=int, default=15, help="test images per emotion")
+    p.add_argument("--train-per-class", type=int, default=config.DEMO_TRAIN_PER_CLASS,
+                   help="training images per emotion")
+    p.add_argument("--test-per-class", type=int, default=config.DEMO_TEST_PER_CLASS, help="test images per emotion")
     p.add_argument("--image-size", type=int, default=config.IMAGE_SIZE, help="side length in pixels")
     p.add_argument("--seed", type=int, default=config.SEED)
     p.add_argument("--force", action="store_true", help="write into a non-empty --out-dir")

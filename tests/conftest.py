@@ -1,11 +1,11 @@
-"""Shared test set-up: the scripts are importable as top-level modules (as they import each other)."""
+"""Shared test set-up and helpers. The modules of scripts/ are importable as top-level
+modules through pytest.ini's `pythonpath = scripts`."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +14,6 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ROOT / "scripts"
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
 
 # Keep TensorFlow (if a test imports it) quiet and on the CPU.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -25,6 +25,7 @@ import artifacts
 import common
 import config
 import data_processing
+import folders
 import imaging
 from common import UserError
 
@@ -514,15 +515,15 @@ def test_rerun_over_existing_output_is_identical(tmp_path):
 
 
 def test_process_pool_matches_single_process(tmp_path, monkeypatch):
-    n = data_processing.PARALLEL_MIN_FILES // 2 + 5
+    n = folders.PARALLEL_MIN_FILES // 2 + 5
     data = make_dataset(tmp_path / "data", {"a": n, "b": n})
     (data / "train" / "b" / "bad.png").write_bytes(b"garbage")  # failures from a worker, too
     (data / "train" / "b" / "zz_empty.png").write_bytes(b"")
     single = run(data, tmp_path / "single")
 
     contexts = []
-    real_get_context = data_processing.multiprocessing.get_context
-    monkeypatch.setattr(data_processing.multiprocessing, "get_context",
+    real_get_context = folders.multiprocessing.get_context
+    monkeypatch.setattr(folders.multiprocessing, "get_context",
                         lambda method=None: contexts.append(method) or real_get_context(method))
     pooled = run(data, tmp_path / "pooled", "--workers", "2")
     assert contexts, "the process pool was not used"
@@ -610,7 +611,7 @@ def test_interrupted_run_leaves_no_valid_looking_output(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return common.atomic_write_bytes(path, half_write)
 
-    monkeypatch.setattr(data_processing, "atomic_save_npy", interrupting_save)
+    monkeypatch.setattr(artifacts, "atomic_save_npy", interrupting_save)
     with pytest.raises(KeyboardInterrupt):
         run(data, out)
     assert len(calls) == 2
@@ -632,7 +633,7 @@ def test_interrupted_first_run_writes_no_meta(tmp_path, monkeypatch):
         done.append(path)
         common.atomic_save_npy(path, array)
 
-    monkeypatch.setattr(data_processing, "atomic_save_npy", interrupt_after_first)
+    monkeypatch.setattr(artifacts, "atomic_save_npy", interrupt_after_first)
     with pytest.raises(KeyboardInterrupt):
         run(data, out)
     assert sorted(os.listdir(out)) == ["X_train.npy"]

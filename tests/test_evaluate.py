@@ -20,14 +20,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT / "scripts") not in sys.path:
-    sys.path.insert(0, str(ROOT / "scripts"))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import data_processing  # noqa: E402
-import evaluate_model  # noqa: E402
-from common import UserError  # noqa: E402
+import data_processing
+import evaluate_model
+from common import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # Keras's model.save under NumPy 2 (not this code): "__array__ implementation doesn't accept a copy keyword".
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -56,7 +54,7 @@ def write_folder(folder: Path, per_class: int, start: int = 0, classes=CLASSES) 
 
 def save_with_sidecar(model, path: Path, class_names: list[str]) -> Path:
     model.save(path)
-    # As model_training.write_sidecar writes it (the fields evaluation reads).
+    # As emotion_model.write_sidecar writes it (the fields evaluation reads).
     path.with_suffix(".json").write_text(json.dumps({"model": path.name, "class_names": class_names,
                                                      "image_size": SIZE}))
     return path

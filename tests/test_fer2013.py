@@ -1,17 +1,16 @@
 """data_processing.py on the real FER2013 in ../shared (skipped when it is absent)."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-FER = ROOT.parent / "shared" / "fer2013"
 
-import data_processing  # noqa: E402
+import data_processing
+
+ROOT = Path(__file__).resolve().parent.parent
+FER = ROOT.parent / "shared" / "fer2013"
 
 # Per-class counts from ../shared/README.md.
 TRAIN = {"angry": 3995, "disgust": 436, "fear": 4097, "happy": 7215, "neutral": 4965, "sad": 4830,

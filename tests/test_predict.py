@@ -22,15 +22,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import config  # noqa: E402
-import faces  # noqa: E402
-import predict_emotion  # noqa: E402
-from common import UserError  # noqa: E402
-from conftest import face_like  # noqa: E402
+import config
+import faces
+import predict_emotion
+from common import UserError
+from conftest import face_like
+
+ROOT = Path(__file__).resolve().parent.parent
 
 PHOTOS = ROOT.parent / "shared" / "photos"
 SCRIPT = str(ROOT / "scripts" / "predict_emotion.py")
@@ -365,15 +364,15 @@ def test_modes_give_the_same_pixels(model_path, mixed_folder, capsys):
 
 def test_litert_path_never_imports_tensorflow(model_path, crops):
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import predict_emotion\n"
+        "import sys; import predict_emotion\n"
         "rc = predict_emotion.main(['--image_path', sys.argv[2], '--model', sys.argv[3], '--jsonl'])\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras'))\n"
         "print('HEAVY', bad, 'RC', rc)\n"
     )
     photo = PHOTOS / "obama-240p.jpg"
     image = photo if photo.is_file() else crops / "a" / "crop0.png"
-    proc = subprocess.run([sys.executable, "-c", code, str(ROOT / "scripts"), str(image), str(model_path)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code, "-", str(image), str(model_path)], capture_output=True,
+                          text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT / "scripts")))
     assert "HEAVY [] RC 0" in proc.stdout, proc.stdout + proc.stderr
 
 

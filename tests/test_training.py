@@ -16,14 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import config  # noqa: E402
-import data_processing  # noqa: E402
-import make_demo_data  # noqa: E402
-from common import UserError  # noqa: E402
+import config
+import data_processing
+import make_demo_data
+from common import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SIZE = 32
 SCRIPT = str(ROOT / "scripts" / "model_training.py")
@@ -181,7 +180,7 @@ def test_time_budget_stops_cleanly_and_keeps_the_best_checkpoint(arrays, tmp_pat
 
 
 def test_cosine_lr_goes_from_base_to_floor():
-    from model_training import cosine_lr
+    from training import cosine_lr
 
     assert cosine_lr(1e-3, 0.0) == pytest.approx(1e-3)
     assert cosine_lr(1e-3, 0.5) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
@@ -200,7 +199,7 @@ def test_cosine_schedule_decays_over_the_epochs_and_is_logged(arrays, tmp_path):
     assert len(logged) == epochs
     assert all(a > b for a, b in zip(logged, logged[1:]))
     # Set before each batch: the last batch of epoch e sits just before progress (e + 1) / epochs.
-    from model_training import cosine_lr
+    from training import cosine_lr
 
     for e, got in enumerate(logged):
         assert cosine_lr(lr, (e + 1) / epochs) <= got <= cosine_lr(lr, e / epochs)
@@ -239,12 +238,49 @@ def test_resume_after_interrupt_and_kill_continues_at_the_right_epoch(arrays, tm
 
 
 def test_resume_refuses_other_settings(arrays, tmp_path):
-    import model_training
+    import resume
 
-    state = model_training.ResumeState(tmp_path / "models")
+    state = resume.ResumeState(tmp_path / "models")
     state.save(None, {"fingerprint": "something-else", "run_name": "t", "phase": 1, "epoch": 1})
     with pytest.raises(UserError, match="--fresh"):
         run_training(arrays, tmp_path, "--weights", "none", "--epochs", "1")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_utf8", "wrong_shape", "missing_checkpoint",
+                                    "truncated_checkpoint"])
+def test_damaged_resume_state_is_a_one_line_error_and_deletes_nothing(arrays, tmp_path, damage):
+    """An interrupted run whose resume files are damaged: never "no state, start over"
+    (a new run would delete the interrupted run's best model)."""
+    args = ("--weights", "none", "--epochs", "3", "--steps-per-epoch", "2")
+    proc = cli(arrays, tmp_path, *args, "--fresh")
+    for line in proc.stdout:  # interrupt once the second epoch's resume point is written
+        if "Epoch 3/3" in line:
+            proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    models = tmp_path / "models"
+    resume_dir = models / config.RESUME_DIR_NAME
+    state = resume_dir / "state.json"
+    checkpoint = next(resume_dir.glob("phase1-epoch*.keras"))
+    if damage == "truncated":
+        state.write_text(state.read_text()[:25])
+    elif damage == "not_utf8":
+        state.write_bytes(b"\xff\xfe{")
+    elif damage == "wrong_shape":
+        state.write_text("[]")
+    elif damage == "missing_checkpoint":
+        checkpoint.unlink()
+    else:
+        checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    before = sorted(p.name for p in models.rglob("*"))
+    best_bytes = (models / config.BEST_MODEL).read_bytes()
+    proc = cli(arrays, tmp_path, *args)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in out, out
+    assert "--fresh" in errors[0] and ("damaged" in errors[0] or "cannot read the resume checkpoint" in errors[0])
+    assert sorted(p.name for p in models.rglob("*")) == before, "nothing deleted"
+    assert (models / config.BEST_MODEL).read_bytes() == best_bytes
 
 
 def test_distributed_path_on_two_logical_cpus(arrays, tmp_path):

@@ -1,0 +1,334 @@
+"""The pieces of a training run, each with explicit inputs: the input pipeline and its
+augmentation, optimizer and loss, the resume point on disk, the learning-rate schedule
+and the callbacks (best checkpoint, resumable early stopping and plateau schedule, time
+budget, resume point, Ctrl+C at a safe point), and the curves. model_training.py puts
+them together. Imports Keras: import it after the argument and data checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+import config
+from common import atomic_save_keras
+from resume import Clock, ResumeState
+
+
+
+# ---------------------------------------------------------------- data
+
+@dataclass
+class Augmentation:
+    """Random changes applied to training batches only (pixels 0-255)."""
+    flip: bool = True
+    rotation_deg: float = config.AUG_ROTATION_DEG
+    zoom: float = config.AUG_ZOOM
+    shift: float = config.AUG_SHIFT
+    erasing: float = config.AUG_ERASING
+
+    def layers(self, seed: int):
+        """A Keras Sequential of preprocessing layers, or None when nothing is on."""
+        from keras import layers
+
+        steps = []
+        if self.flip:
+            steps.append(layers.RandomFlip("horizontal", seed=seed))
+        if self.rotation_deg > 0:
+            steps.append(layers.RandomRotation(self.rotation_deg / 360.0, fill_mode="reflect", seed=seed))
+        if self.zoom > 0:
+            steps.append(layers.RandomZoom(self.zoom, fill_mode="reflect", seed=seed))
+        if self.shift > 0:
+            steps.append(layers.RandomTranslation(self.shift, self.shift, fill_mode="reflect", seed=seed))
+        if self.erasing > 0:
+            steps.append(layers.RandomErasing(factor=self.erasing, scale=(0.02, 0.15), value_range=(0, 255),
+                                              seed=seed))
+        return keras.Sequential(steps, name="augment") if steps else None
+
+
+def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
+    """Inverse-frequency weights (mean 1 over samples); classes absent from y get 0."""
+    counts = np.bincount(y, minlength=n_classes)
+    present = counts > 0
+    weights = np.zeros(n_classes)
+    weights[present] = len(y) / (present.sum() * counts[present])
+    return {i: float(w) for i, w in enumerate(weights)}
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, n_classes: int, seed: int,
+                 augmentation: Augmentation | None = None, shuffle: bool = False, replicas: int = 1):
+    """tf.data pipeline: uint8 arrays -> (shuffled) float batches with one-hot labels,
+    augmented when an Augmentation is given.
+
+    With several replicas every batch must split evenly (Keras 3 fails on an uneven last
+    batch under MirroredStrategy, keras-team/keras#19246), so the image count is cut to a
+    multiple of the replica count: at most replicas-1 images (a different few each epoch).
+    """
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, tf.one_hot(y, n_classes)))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    if replicas > 1:
+        ds = ds.take(len(x) - len(x) % replicas)
+    ds = ds.batch(batch_size)
+    aug = augmentation.layers(seed) if augmentation is not None else None
+
+    def to_float(images, labels):
+        images = tf.cast(images, tf.float32)
+        if aug is not None:
+            images = aug(images, training=True)
+        return images, labels
+
+    return ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------- optimizer and loss
+
+def make_optimizer(name: str, lr: float, weight_decay: float = 0.0):
+    decay = weight_decay or None
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=lr, momentum=0.9, nesterov=True, weight_decay=decay)
+    return keras.optimizers.Adam(learning_rate=lr, weight_decay=decay)
+
+
+def compile_model(model, optimizer: str, lr: float, weight_decay: float = 0.0, label_smoothing: float = 0.0):
+    # One-hot labels (see make_dataset) so label smoothing is a built-in loss option.
+    model.compile(optimizer=make_optimizer(optimizer, lr, weight_decay),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+                  metrics=["accuracy"])
+
+
+def cosine_lr(base_lr: float, progress: float, floor: float = 0.01) -> float:
+    """Cosine from base_lr (progress 0) down to floor * base_lr (progress >= 1)."""
+    progress = min(max(progress, 0.0), 1.0)
+    return base_lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# ---------------------------------------------------------------- callbacks
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Saves the model whenever validation accuracy improves (atomically)."""
+
+    def __init__(self, model_path: Path, best: float = -1.0, best_epoch: int | None = None):
+        super().__init__()
+        self.model_path, self.best, self.best_epoch = model_path, best, best_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        acc = (logs or {}).get("val_accuracy")
+        if acc is not None and acc > self.best:
+            print(f"\nepoch {epoch + 1}: val_accuracy improved to {acc:.4f}, saving {self.model_path}")
+            self.best, self.best_epoch = float(acc), epoch + 1
+            atomic_save_keras(self.model, self.model_path)
+
+
+class _RestoresCounters:
+    """Mixin for Keras's patience-based callbacks: counters restored from a resume point."""
+
+    saved_keys = ("wait", "best")
+
+    def __init__(self, saved: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.saved = saved or {}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        for key in self.saved_keys:
+            if key in self.saved:
+                setattr(self, key, self.saved[key])
+
+    def counters(self) -> dict:
+        return {key: float(getattr(self, key)) if key == "best" else getattr(self, key) for key in self.saved_keys}
+
+
+class ResumableEarlyStopping(_RestoresCounters, keras.callbacks.EarlyStopping):
+    pass
+
+
+class ResumableReduceLR(_RestoresCounters, keras.callbacks.ReduceLROnPlateau):
+    saved_keys = ("wait", "best", "cooldown_counter")
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops before an epoch that would overrun the budget (or mid-epoch past it)."""
+
+    def __init__(self, clock: Clock):
+        super().__init__()
+        self.clock = clock
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.clock.spent():
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.clock.budget_s is None:
+            return
+        elapsed = self.clock.elapsed()
+        if elapsed + (time.time() - self.epoch_start) > self.clock.budget_s:
+            print(f"\ntime budget: {elapsed / 60:.1f} of {self.clock.budget_s / 60:.1f} min used; "
+                  "another epoch would not fit, stopping (best checkpoint kept)")
+            self.model.stop_training = True
+
+
+class WarmupCosineSchedule(keras.callbacks.Callback):
+    """Per-batch cosine decay of the learning rate after an optional linear warm-up;
+    progress is wall time over the budget when there is one, else epochs over `epochs`."""
+
+    def __init__(self, base_lr: float, epochs: int, clock: Clock, warmup_epochs: float = 0.0):
+        super().__init__()
+        self.base_lr, self.epochs, self.clock, self.warmup_epochs = base_lr, epochs, clock, warmup_epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        steps = self.params.get("steps") or 1
+        epochs_done = self.epoch + batch / steps
+        if self.clock.budget_s is not None:
+            progress = self.clock.elapsed() / self.clock.budget_s
+        else:
+            progress = epochs_done / self.epochs
+        lr = cosine_lr(self.base_lr, progress)
+        if epochs_done < self.warmup_epochs:
+            lr *= 0.01 + 0.99 * epochs_done / self.warmup_epochs
+        self.model.optimizer.learning_rate = lr
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:  # logged like ReduceLROnPlateau does, for the CSV and TensorBoard
+            logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+
+
+class SaveResumePoint(keras.callbacks.Callback):
+    """After every epoch: the model with its optimizer and the callbacks' counters. Goes
+    after the other callbacks, so it records their state after this epoch."""
+
+    def __init__(self, resume: ResumeState, state: dict, phase: int, clock: Clock, best: BestCheckpoint,
+                 stopping: ResumableEarlyStopping, reduce_lr: ResumableReduceLR | None):
+        super().__init__()
+        self.resume, self.state, self.phase, self.clock = resume, state, phase, clock
+        self.best, self.stopping, self.reduce_lr = best, stopping, reduce_lr
+
+    def on_epoch_end(self, epoch, logs=None):
+        counters = {"best_val_accuracy": self.best.best, "best_epoch": self.best.best_epoch,
+                    "early_stopping": self.stopping.counters()}
+        if self.reduce_lr is not None:
+            counters["reduce_lr"] = self.reduce_lr.counters()
+        self.state.update(phase=self.phase, epoch=epoch + 1, elapsed_seconds=self.clock.elapsed(),
+                          callbacks=counters)
+        self.resume.save(self.model, self.state)
+
+
+class RaiseWhenRequested(keras.callbacks.Callback):
+    """Raises KeyboardInterrupt at the next batch or epoch end once `requested` is non-empty."""
+
+    def __init__(self, requested: list):
+        super().__init__()
+        self.requested = requested
+
+    def _check(self, *_, **__):
+        if self.requested:
+            raise KeyboardInterrupt
+
+    on_train_batch_end = on_test_batch_end = on_epoch_end = _check
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Ctrl+C / SIGTERM during fit() take effect at the next batch end, a second one at once.
+
+    A KeyboardInterrupt raised while tf.data fetches a batch is swallowed by Keras as "input
+    ran out of data" and training goes on (seen in a test run), so the signal only sets a flag
+    here and a callback raises the interrupt from Python at a safe point. It goes last in the
+    callback list, so an epoch that has just ended is saved for resuming first.
+    """
+    requested = []
+
+    def on_signal(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+        print("\ninterrupt received: stopping after this batch (again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield RaiseWhenRequested(requested)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if requested:  # arrived after the last batch: still an interruption
+        raise KeyboardInterrupt
+
+
+def phase_callbacks(phase: int, model_path: Path, log_dir: Path, resume: ResumeState, state: dict,
+                    clock: Clock, schedule: str, base_lr: float, epochs: int, patience: int, lr_patience: int,
+                    warmup_epochs: float) -> tuple[BestCheckpoint, list]:
+    """The callbacks of one phase, their counters restored when resuming that phase."""
+    saved = state.get("callbacks", {}) if state.get("phase") == phase else {}
+    best = BestCheckpoint(model_path, saved.get("best_val_accuracy", -1.0), saved.get("best_epoch"))
+    stopping = ResumableEarlyStopping(saved.get("early_stopping"), monitor="val_accuracy", patience=patience,
+                                      mode="max", verbose=1)
+    if schedule == "cosine":
+        reduce_lr, lr_callback = None, WarmupCosineSchedule(base_lr, epochs, clock, warmup_epochs)
+    else:
+        reduce_lr = ResumableReduceLR(saved.get("reduce_lr"), monitor="val_loss", factor=config.REDUCE_LR_FACTOR,
+                                      patience=lr_patience, min_lr=1e-7, verbose=1)
+        lr_callback = reduce_lr
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return best, [
+        best, stopping, lr_callback, TimeBudget(clock),
+        keras.callbacks.CSVLogger(str(log_dir / f"phase{phase}.csv"), append=True),
+        keras.callbacks.TensorBoard(log_dir=str(log_dir / f"phase{phase}"), update_freq="epoch"),
+        SaveResumePoint(resume, state, phase, clock, best, stopping, reduce_lr),
+    ]
+
+
+# ---------------------------------------------------------------- curves
+
+def plot_curves(run_dir: Path) -> Path | None:
+    """training_curves.png from the phases' CSV logs (accuracy and loss, train and val)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for phase in (1, 2):
+        f = run_dir / f"phase{phase}.csv"
+        if f.is_file():
+            with open(f) as fh:
+                rows += [dict(r, phase=phase) for r in csv.DictReader(fh)]
+    if not rows:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    x = np.arange(1, len(rows) + 1)
+    for ax, key in zip(axes, ("accuracy", "loss")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            ax.plot(x, [float(r.get(prefix + key, "nan") or "nan") for r in rows], style,
+                    label=(prefix or "train_") + key)
+        switch = sum(r["phase"] == 1 for r in rows)
+        if switch < len(rows):
+            ax.axvline(switch + 0.5, color="gray", lw=0.8)
+            ax.text(switch + 0.6, ax.get_ylim()[1], " phase 2", va="top", fontsize=8, color="gray")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    out = run_dir / "training_curves.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
