@@ -29,11 +29,9 @@ from common import HelpFormatter, UserError, check_gray_input, first_line, model
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--model", type=Path, default=None,
-                   help="the .keras model to export (default: fine_tuned_model.keras in --models-dir "
-                        "if present, else best_model.keras)")
-    p.add_argument("--models-dir", type=Path, default=config.MODELS_DIR,
-                   help="where the default model is looked for")
+    p.add_argument("--model", type=Path, default=None, help="the .keras model to export (default: "
+                   "fine_tuned_model.keras in --models-dir if present, else best_model.keras)")
+    p.add_argument("--models-dir", type=Path, default=config.MODELS_DIR, help="where the default model is looked for")
     p.add_argument("--check-samples", type=int, default=config.EXPORT_CHECK_SAMPLES,
                    help="random inputs on which LiteRT and Keras must agree")
     p.add_argument("--tolerance", type=float, default=config.EXPORT_TOLERANCE,

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import imaging
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Keep TensorFlow (if a test imports it) quiet and on the CPU.
@@ -22,6 +24,41 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT
+
+
+# ------------------------------------------------------------------------------ images
+
+# Four flat 8x8 blocks (0, 85, 170, 255): survives any lossless format exactly.
+BLOCKS = np.kron(np.array([[0, 85], [170, 255]], dtype=np.uint8), np.ones((8, 8), dtype=np.uint8))
+
+
+def save(path: Path, array: np.ndarray, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **kwargs)
+    return path
+
+
+def top_dark(width: int = 32, height: int = 16) -> Image.Image:
+    """Top half black, bottom half white, wider than tall."""
+    img = Image.new("L", (width, height), 255)
+    img.paste(0, (0, 0, width, height // 2))
+    return img
+
+
+def exif_with(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[imaging.EXIF_ORIENTATION] = orientation
+    return exif.tobytes()
+
+
+def assert_dark_side(g: np.ndarray, side: str) -> None:
+    h, w = g.shape
+    halves = {"left": (g[:, : w // 2 - 1], g[:, w // 2 + 1:]),
+              "right": (g[:, w // 2 + 1:], g[:, : w // 2 - 1]),
+              "top": (g[: h // 2 - 1], g[h // 2 + 1:])}
+    dark, light = halves[side]
+    assert dark.max() <= 30 and light.min() >= 225, (side, g)
+
 
 
 # ------------------------------------------------------------------------------ a tiny model

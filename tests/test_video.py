@@ -296,3 +296,24 @@ def test_face_then_animation_clip(tiny_model, capsys):
             cut = i
         previous = small
     assert cut is not None and max(times) < cut / fps, f"rows after the cut at {cut / fps:.2f} s"
+
+
+def test_real_detector_tracks_a_drawn_face_in_a_generated_clip(tiny_model, tmp_path, capsys):
+    """The whole path with OpenCV's detector: a demo-data face drifting across 24 frames."""
+    import make_demo_data
+
+    face = np.asarray(make_demo_data.draw_face("happy", np.random.default_rng(0), 110).convert("RGB"))[..., ::-1]
+    writer = cv2.VideoWriter(str(tmp_path / "drawn.avi"), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (320, 240))
+    for i in range(24):
+        frame = np.full((240, 320, 3), 125, np.uint8)
+        frame[60:170, 40 + 3 * i:150 + 3 * i] = face
+        writer.write(frame)
+    writer.release()
+    code, out, err = run_video(capsys, "--video", str(tmp_path / "drawn.avi"), "--model", str(tiny_model.path),
+                               "--csv")
+    assert code == 0, err
+    rows = csv_rows(out)
+    assert {r["track"] for r in rows} == {"1"} and len(rows) >= 22
+    last = rows[-1]
+    assert faces.iou((int(last["x"]), int(last["y"]), int(last["w"]), int(last["h"])),
+                     (40 + 3 * int(last["frame"]), 60, 110, 110)) > 0.3
