@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -118,28 +119,55 @@ def unique_tags(paths: list[Path]) -> list[str]:
     return tags
 
 
+@dataclass
+class Outcome:
+    """One model on one split: predictions and their metrics."""
+    probs: np.ndarray
+    metrics: dict
+    tta_metrics: dict | None
+    seconds: float
+    mistakes: np.ndarray  # indices of the most confident mistakes, most confident first
+
+
 def evaluate_one(run, model_path: Path, model_sha: str, model_side: dict, tag: str, data: Split,
                  args, warnings_: list[str]) -> dict:
     """Predict, compute metrics, write metrics.json, the PNGs and TensorBoard; returns a summary row."""
-    run_tag = f"{tag}-{data.name}"
-    out_dir = args.out_dir / run_tag
+    out_dir = args.out_dir / f"{tag}-{data.name}"
+    log_dir = args.logs_dir / config.EVAL_DIR_NAME / f"{tag}-{data.name}"
     print(f"\n== {model_path.name} on {data.name}: {len(data.y)} images, {len(data.class_names)} classes ==",
           flush=True)
+    outcome = score(run, data, args)
+    print_report(outcome.metrics, outcome.tta_metrics, tta.description(data.x.shape[1]) if args.tta else None)
+    shown = write_pictures(outcome, model_path, data, args, out_dir, log_dir)
+    document = metrics_document(outcome, model_path, model_sha, model_side, data, args, out_dir, log_dir,
+                                warnings_)
+    atomic_write_json(out_dir / METRICS_FILE, document)  # last: its presence means the folder is complete
+    print(f"\nwrote {out_dir / METRICS_FILE}, " + ", ".join(p.name for p in shown) + f"; TensorBoard: {log_dir}")
+    m, t = outcome.metrics, outcome.tta_metrics
+    return {"model": str(model_path), "tag": tag, "split": data.name, "images": int(len(data.y)),
+            "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
+            **({"tta_accuracy": t["accuracy"], "tta_macro_f1": t["macro_f1"]} if t else {}),
+            "metrics_file": str(out_dir / METRICS_FILE)}
+
+
+def score(run, data: Split, args) -> Outcome:
     probs, tta_probs, seconds = predict(run, data.x, args.batch_size, args.tta,
                                         f"predicting {data.name}" + (" (TTA)" if args.tta else ""))
     print(f"predicted {len(data.y)} images in {seconds:.1f} s ({1000 * seconds / max(len(data.y), 1):.2f} ms/img"
           + (f", {tta.VIEWS} views each" if args.tta else "") + ")")
     metrics = compute_metrics(data.y, probs, data.class_names)
     tta_metrics = compute_metrics(data.y, tta_probs, data.class_names) if tta_probs is not None else None
-    size = data.x.shape[1]
-    tta_desc = tta.description(size) if args.tta else None
-    print_report(metrics, tta_metrics, tta_desc)
+    return Outcome(probs, metrics, tta_metrics, seconds, most_confident_mistakes(data.y, probs, args.mistakes))
 
+
+def write_pictures(outcome: Outcome, model_path: Path, data: Split, args, out_dir: Path,
+                   log_dir: Path) -> list[Path]:
+    """confusion_matrix.png, mistakes.png and TensorBoard; returns the PNGs written."""
+    metrics = outcome.metrics
     title = f"{model_path.name} on {data.name} ({len(data.y)} images): accuracy {metrics['accuracy']:.3f}"
     images = {"confusion_matrix": plot_confusion(np.array(metrics["confusion_matrix"]), data.class_names, title)}
-    mistakes = most_confident_mistakes(data.y, probs, args.mistakes)
     if args.mistakes:
-        images["mistakes"] = plot_mistakes(data.x, data.y, probs, mistakes, data.class_names,
+        images["mistakes"] = plot_mistakes(data.x, data.y, outcome.probs, outcome.mistakes, data.class_names,
                                            f"most confident mistakes: {model_path.name} on {data.name}")
     out_dir.mkdir(parents=True, exist_ok=True)
     # Until the new metrics.json is written, the folder is visibly incomplete (no stale one).
@@ -149,54 +177,51 @@ def evaluate_one(run, model_path: Path, model_sha: str, model_side: dict, tag: s
         atomic_write_bytes(files[name], lambda f, png=png: f.write(png))
     if not args.mistakes:
         files["mistakes"].unlink(missing_ok=True)
-    log_dir = args.logs_dir / config.EVAL_DIR_NAME / run_tag
     scalars = {f"eval/{k}": metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1")}
-    if tta_metrics:
-        scalars.update({f"eval_tta/{k}": tta_metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")})
+    if outcome.tta_metrics:
+        scalars.update({f"eval_tta/{k}": outcome.tta_metrics[k]
+                        for k in ("accuracy", "balanced_accuracy", "macro_f1")})
     write_tensorboard(log_dir, images, scalars)
+    return [files[name] for name in images]
 
-    pred = probs.argmax(axis=1)
+
+def metrics_document(outcome: Outcome, model_path: Path, model_sha: str, model_side: dict, data: Split, args,
+                     out_dir: Path, log_dir: Path, warnings_: list[str]) -> dict:
+    """The content of metrics.json: model, data, settings, metrics, mistakes, timing."""
+    probs, pred = outcome.probs, outcome.probs.argmax(axis=1)
     paths = data.info.get("paths")
-    data_info = {k: v for k, v in data.info.items() if k != "paths"}
-    result = {
+    side = sidecar_path(model_path)
+    return {
         "created": utc_now(),
         "model": {
             "path": str(model_path.resolve()), "sha256": model_sha,
-            "sidecar": str(sidecar_path(model_path)) if sidecar_path(model_path).is_file() else None,
+            "sidecar": str(side) if side.is_file() else None,
             "class_names": model_side.get("class_names"),
             "trained": {k: model_side.get(k) for k in ("created", "run_name", "phase", "best_val_accuracy",
                                                         "best_epoch") if k in model_side},
         },
-        "data": {**data_info, "n_images": int(len(data.y)), "image_size": int(size),
-                 "class_names": data.class_names},
+        "data": {**{k: v for k, v in data.info.items() if k != "paths"}, "n_images": int(len(data.y)),
+                 "image_size": int(data.x.shape[1]), "class_names": data.class_names},
         "settings": {
-            "split": data.name, "batch_size": args.batch_size, "tta": args.tta, "tta_views": tta_desc,
+            "split": data.name, "batch_size": args.batch_size, "tta": args.tta,
+            "tta_views": tta.description(data.x.shape[1]) if args.tta else None,
             "out_dir": str(out_dir.resolve()), "tensorboard_dir": str(log_dir.resolve()),
-            "mistakes_shown": int(len(mistakes)) if args.mistakes else 0,
+            "mistakes_shown": int(len(outcome.mistakes)) if args.mistakes else 0,
             "args": {k: ([str(p) for p in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v)
                      for k, v in vars(args).items()},
         },
-        "metrics": metrics,
-        "tta": tta_metrics,
+        "metrics": outcome.metrics,
+        "tta": outcome.tta_metrics,
         "most_confident_mistakes": [
             {"index": int(i), **({"path": paths[i]} if paths else {}), "true": data.class_names[data.y[i]],
              "predicted": data.class_names[pred[i]], "confidence": float(probs[i, pred[i]])}
-            for i in mistakes
+            for i in outcome.mistakes
         ],
-        "timing": {"predict_seconds": round(seconds, 3),
-                   "ms_per_image": round(1000 * seconds / max(len(data.y), 1), 3)},
+        "timing": {"predict_seconds": round(outcome.seconds, 3),
+                   "ms_per_image": round(1000 * outcome.seconds / max(len(data.y), 1), 3)},
         "warnings": warnings_,
         "versions": library_versions("numpy", "tensorflow", "keras", "sklearn"),
     }
-    atomic_write_json(out_dir / METRICS_FILE, result)  # last: its presence means the folder is complete
-    shown = [files["confusion_matrix"]] + ([files["mistakes"]] if args.mistakes else [])
-    print(f"\nwrote {out_dir / METRICS_FILE}, " + ", ".join(p.name for p in shown) + f"; TensorBoard: {log_dir}")
-    return {"model": str(model_path), "tag": tag, "split": data.name, "images": int(len(data.y)),
-            "accuracy": metrics["accuracy"], "balanced_accuracy": metrics["balanced_accuracy"],
-            "macro_f1": metrics["macro_f1"],
-            **({"tta_accuracy": tta_metrics["accuracy"], "tta_macro_f1": tta_metrics["macro_f1"]}
-               if tta_metrics else {}),
-            "metrics_file": str(out_dir / METRICS_FILE)}
 
 
 def print_comparison(rows: list[dict], tta: bool, out_dir: Path) -> None:
@@ -221,66 +246,78 @@ def print_comparison(rows: list[dict], tta: bool, out_dir: Path) -> None:
 
 # ---------------------------------------------------------------- main
 
+@dataclass
+class Prepared:
+    """A loaded model that fits the data, ready to evaluate."""
+    path: Path
+    tag: str
+    model: object
+    n_out: int
+    size: int
+    class_names: list[str]
+    notes: list[str]
+    data: list[Split] | None  # None for --images: decoded per model (the mapping depends on its classes)
+
+
+def load_data(args, model_paths: list[Path]):
+    """(image folder or None, meta or None, arrays' splits or None, where: words for messages)."""
+    if args.images is None:
+        meta, datasets = load_arrays(args.data_dir, args.split)
+        return None, meta, datasets, f"the arrays in {args.data_dir}"
+    folder = ImageFolder(args.images, args.workers)
+    for p in model_paths:  # decoded before TensorFlow starts its threads
+        info = model_info(p)
+        folder.mapping(info.class_names)  # fail early when no folder matches
+        folder.decode(info.image_size)
+    return folder, None, None, f"the image folder {folder.root}"
+
+
+def prepare(path: Path, tag: str, folder, meta, datasets, where: str) -> Prepared:
+    """Load a model and check that it fits the data (UserError if not)."""
+    model = load_model(path)
+    n_out = output_count(model, path)
+    size = input_size(model, path)
+    if folder is None:
+        check_count(path, n_out, meta["class_names"], where)
+    names, note = model_classes(path, n_out, None if folder else meta["class_names"])
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
+    if folder is not None:
+        folder.mapping(names)
+        if n_out != len(names):
+            raise UserError(f"{path} has {n_out} outputs but its {sidecar_path(path).name} lists "
+                            f"{len(names)} classes {names}")
+    else:
+        for data in datasets:
+            check_model(model, path, data, names, where)
+    return Prepared(path, tag, model, n_out, size, names, [note] if note else [], datasets)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     model_paths = [p.expanduser() for p in args.model]
     for p in model_paths:  # before the slow TensorFlow import
         if not p.is_file():
             raise model_not_found(p)
-
-    # Data first (and, for --images, decoded before TensorFlow starts its threads).
-    folder = None
-    if args.images is not None:
-        folder = ImageFolder(args.images, args.workers)
-        for p in model_paths:
-            info = model_info(p)
-            folder.mapping(info.class_names)  # fail early when no folder matches
-            folder.decode(info.image_size)
-        where = f"the image folder {folder.root}"
-        datasets = meta = None
-    else:
-        meta, datasets = load_arrays(args.data_dir, args.split)
-        where = f"the arrays in {args.data_dir}"
+    folder, meta, datasets, where = load_data(args, model_paths)
 
     import_tensorflow()  # after the checks above: errors stay fast
 
     # Load and check every model before evaluating any: a misfit one fails the run up front.
-    prepared = []
-    for path, tag in zip(model_paths, unique_tags(model_paths)):
-        model = load_model(path)
-        n_out = output_count(model, path)
-        size = input_size(model, path)
-        notes = []
-        if folder is None:
-            check_count(path, n_out, meta["class_names"], where)
-        names, note = model_classes(path, n_out, None if folder else meta["class_names"])
-        if note:
-            print(f"warning: {note}", file=sys.stderr)
-            notes.append(note)
-        if folder is not None:
-            folder.mapping(names)
-            if n_out != len(names):
-                raise UserError(f"{path} has {n_out} outputs but its {sidecar_path(path).name} lists "
-                                f"{len(names)} classes {names}")
-            data_list = None  # decoded per model below (the folder mapping depends on its classes)
-        else:
-            data_list = datasets
-            for data in data_list:
-                check_model(model, path, data, names, where)
-        prepared.append((path, tag, model, n_out, size, names, notes, data_list))
-
+    prepared = [prepare(path, tag, folder, meta, datasets, where)
+                for path, tag in zip(model_paths, unique_tags(model_paths))]
     rows = []
-    for path, tag, model, n_out, size, names, notes, data_list in prepared:
+    for m in prepared:
+        data_list, notes = m.data, m.notes
         if data_list is None:
-            data_list = [folder.for_model(names, size)]
+            data_list = [folder.for_model(m.class_names, m.size)]
             notes = notes + [f"unknown folder skipped: {f}" for f in data_list[0].info["skipped_folders"]]
-            check_model(model, path, data_list[0], names, where)
-        side = model_info(path).sidecar if sidecar_path(path).is_file() else {}
-        sha = sha256_file(path)
-        print(f"\nmodel {path} (sha256 {sha[:12]}...): {n_out} outputs, input {model.input_shape[1:]}")
-        run = make_predictor(model, size, args.tta, args.batch_size)
-        for data in data_list:
-            rows.append(evaluate_one(run, path, sha, side, tag, data, args, notes))
+            check_model(m.model, m.path, data_list[0], m.class_names, where)
+        side = model_info(m.path).sidecar if sidecar_path(m.path).is_file() else {}
+        sha = sha256_file(m.path)
+        print(f"\nmodel {m.path} (sha256 {sha[:12]}...): {m.n_out} outputs, input {m.model.input_shape[1:]}")
+        run = make_predictor(m.model, m.size, args.tta, args.batch_size)
+        rows += [evaluate_one(run, m.path, sha, side, m.tag, data, args, notes) for data in data_list]
     if len(rows) > 1:
         print_comparison(rows, args.tta, args.out_dir)
     return 0
