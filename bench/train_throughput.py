@@ -6,8 +6,10 @@ In one run, on the same model (the from-scratch VGG16-BN at 48x48) and batch siz
      flip/rotate/zoom/shift/erase) feeding model.fit, exactly as training does;
   2. bare: model.fit on one in-memory float batch repeated (no input work at all);
   3. bare in float32, for the bf16/float32 speed ratio;
-  4. bare in two child processes, TF_ENABLE_ONEDNN_OPTS=1 and =0 (it is read at import),
-     for the oneDNN on/off ratio (the scripts turn it on on every x86 CPU).
+  4. bare float32 in two child processes, TF_ENABLE_ONEDNN_OPTS=1 and =0 (it is read at
+     import), for the oneDNN on/off ratio (the scripts turn it on on every x86 CPU). float32,
+     as CPUs without bf16 instructions train; bf16 without oneDNN is not worth timing (2.6 img/s
+     against 71 with it, measured once, BENCHMARKS.md).
 Images/s are timed between batch callbacks after warm-up steps (graph tracing excluded).
 
     .venv/bin/python bench/train_throughput.py            # about 5 minutes on 2 cores
@@ -113,7 +115,7 @@ def main() -> None:
     f32 = timed_fit(model32, bare, args.steps, args.warmup, batch)
     onednn = {}
     for flag in ("1", "0", "1", "0"):  # alternated, best of two each
-        rate, state = onednn_child(flag, precision, args)
+        rate, state = onednn_child(flag, "float32", args)
         onednn[flag] = max(onednn.get(flag, (0.0, ""))[0], rate), state
 
     pipe, bare_ips = max(results["pipeline"]), max(results["bare"])
@@ -125,7 +127,7 @@ def main() -> None:
     print(f"ratio pipeline/bare: {pipe / bare_ips:.2f}  (target >= 0.9)")
     print(f"bare float32: {f32:.1f} img/s; {precision}/float32 speed ratio: {bare_ips / f32:.2f}")
     (on, on_state), (off, off_state) = onednn["1"], onednn["0"]
-    print(f"bare {precision}, TF_ENABLE_ONEDNN_OPTS=1: {on:.1f} img/s (TF reports oneDNN {on_state}); "
+    print(f"bare float32, TF_ENABLE_ONEDNN_OPTS=1: {on:.1f} img/s (TF reports oneDNN {on_state}); "
           f"=0: {off:.1f} img/s ({off_state}); on/off ratio: {on / off:.2f}")
 
 
