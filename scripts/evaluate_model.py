@@ -129,14 +129,14 @@ class Outcome:
     mistakes: np.ndarray  # indices of the most confident mistakes, most confident first
 
 
-def evaluate_one(run, model_path: Path, model_sha: str, model_side: dict, tag: str, data: Split,
+def evaluate_one(predictor, model_path: Path, model_sha: str, model_side: dict, tag: str, data: Split,
                  args, warnings_: list[str]) -> dict:
     """Predict, compute metrics, write metrics.json, the PNGs and TensorBoard; returns a summary row."""
     out_dir = args.out_dir / f"{tag}-{data.name}"
     log_dir = args.logs_dir / config.EVAL_DIR_NAME / f"{tag}-{data.name}"
     print(f"\n== {model_path.name} on {data.name}: {len(data.y)} images, {len(data.class_names)} classes ==",
           flush=True)
-    outcome = score(run, data, args)
+    outcome = score(predictor, data, args)
     print_report(outcome.metrics, outcome.tta_metrics, tta.description(data.x.shape[1]) if args.tta else None)
     shown = write_pictures(outcome, model_path, data, args, out_dir, log_dir)
     document = metrics_document(outcome, model_path, model_sha, model_side, data, args, out_dir, log_dir,
@@ -150,8 +150,8 @@ def evaluate_one(run, model_path: Path, model_sha: str, model_side: dict, tag: s
             "metrics_file": str(out_dir / METRICS_FILE)}
 
 
-def score(run, data: Split, args) -> Outcome:
-    probs, tta_probs, seconds = predict(run, data.x, args.batch_size, args.tta,
+def score(predictor, data: Split, args) -> Outcome:
+    probs, tta_probs, seconds = predict(predictor, data.x, args.batch_size, args.tta,
                                         f"predicting {data.name}" + (" (TTA)" if args.tta else ""))
     print(f"predicted {len(data.y)} images in {seconds:.1f} s ({1000 * seconds / max(len(data.y), 1):.2f} ms/img"
           + (f", {tta.VIEWS} views each" if args.tta else "") + ")")
@@ -316,8 +316,8 @@ def main(argv=None) -> int:
         side = model_info(m.path).sidecar if sidecar_path(m.path).is_file() else {}
         sha = sha256_file(m.path)
         print(f"\nmodel {m.path} (sha256 {sha[:12]}...): {m.n_out} outputs, input {m.model.input_shape[1:]}")
-        run = make_predictor(m.model, m.size, args.tta, args.batch_size)
-        rows += [evaluate_one(run, m.path, sha, side, m.tag, data, args, notes) for data in data_list]
+        predictor = make_predictor(m.model, m.size, args.tta, args.batch_size)
+        rows += [evaluate_one(predictor, m.path, sha, side, m.tag, data, args, notes) for data in data_list]
     if len(rows) > 1:
         print_comparison(rows, args.tta, args.out_dir)
     return 0

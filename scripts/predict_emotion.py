@@ -50,7 +50,7 @@ import config
 import imaging
 import tta
 from classifiers import BACKENDS, KerasClassifier, choose_model, class_names_for, load_classifier  # noqa: F401
-from common import UserError, atomic_write_bytes, run_cli
+from common import HelpFormatter, UserError, atomic_write_bytes, run_cli
 DETECTORS = ("opencv", "mtcnn")  # faces.DETECTORS; repeated so that --help does not import cv2
 TOP_K = 3
 GLOB_CHARS = set("*?[")
@@ -63,7 +63,7 @@ PALETTE = ["#e6194b", "#3cb44b", "#f58231", "#ffe119", "#4363d8", "#911eb4", "#4
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--image_path", "--image-path", dest="image_paths", nargs="+",
                       metavar="PATH", help="image files, folders (recursive) or quoted glob patterns")
@@ -73,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the .keras model (or its .tflite); default: fine_tuned_model.keras in "
                         "--models-dir if present, else best_model.keras")
     p.add_argument("--models-dir", type=Path, default=config.MODELS_DIR,
-                   help=f"where the default model is looked for (default: {config.MODELS_DIR})")
+                   help="where the default model is looked for")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto: <model>.tflite via LiteRT if present and up to date, else Keras")
     p.add_argument("--detector", choices=DETECTORS, default="opencv",
@@ -90,22 +90,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     v = p.add_argument_group("video")
     sampling = v.add_mutually_exclusive_group()
     sampling.add_argument("--every", type=int, default=1, metavar="N",
-                          help="analyse every Nth frame (default: 1, every frame)")
+                          help="analyse every Nth frame (1: every frame)")
     sampling.add_argument("--fps", type=float, default=None, metavar="F",
                           help="analyse F frames per second of video time")
     v.add_argument("--smooth", type=float, default=0.0, metavar="SECONDS",
                    help="smooth each person's probabilities over time (exponential, this time "
-                        "constant; default: 0, off)")
+                        "constant; 0: off)")
     v.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
                    help="plot the emotion probabilities over time, one panel per person")
     v.add_argument("--detect-every", type=int, default=config.VIDEO_DETECT_EVERY, metavar="N",
                    help="detect faces on every Nth analysed frame (and at cuts), track them in "
-                        f"between (default: {config.VIDEO_DETECT_EVERY}; 1: detect on every frame)")
+                        "between (1: detect on every frame)")
     v.add_argument("--detect-side", type=int, default=config.VIDEO_DETECT_SIDE, metavar="PIXELS",
-                   help="frames are downscaled to this longest side for detection (default: "
-                        f"{config.VIDEO_DETECT_SIDE}; larger finds smaller faces, slower)")
+                   help="frames are downscaled to this longest side for detection (larger finds "
+                        "smaller faces, slower)")
     p.add_argument("--batch-size", type=int, default=config.EVAL_BATCH_SIZE,
-                   help=f"faces per model call (default: {config.EVAL_BATCH_SIZE})")
+                   help="faces per model call")
     p.add_argument("--tta", action="store_true",
                    help="photos: average each face's prediction over ten crops (corners, centre, "
                         "mirrored): a little more accurate, ten times the classifier work")
@@ -345,7 +345,7 @@ def save_annotated(image, out_dir: Path, name: str) -> None:
 
 # ------------------------------------------------------------------------------ main
 
-def run_video(args) -> int:
+def predict_video(args) -> int:
     import video
 
     source = video.open_video(args.video)  # a bad source fails before the model loads
@@ -364,9 +364,7 @@ def run_video(args) -> int:
     return video.analyse_video(options, classifier, class_names, source)
 
 
-def run(args) -> int:
-    if args.video is not None:
-        return run_video(args)
+def predict_photos(args) -> int:
     files = resolve_inputs(args.image_paths)
     backend, model_file, info_path = choose_model(args)
     start = time.perf_counter()
@@ -452,7 +450,8 @@ def _message(progress, text: str) -> None:
 
 
 def main(argv=None) -> int:
-    return run(parse_args(argv))
+    args = parse_args(argv)
+    return predict_video(args) if args.video is not None else predict_photos(args)
 
 
 if __name__ == "__main__":
