@@ -181,6 +181,45 @@ def duplicate_audit(hashes: dict[str, list[bytes]], labels: dict[str, np.ndarray
 
 # ---------------------------------------------------------------- main
 
+def decode_sources(data_dir: Path, sources: dict[str, list[tuple[Path, int]]], size: int, workers: int):
+    """Decode train/ (and test/): {source: (pixels, labels, relative paths)} of the readable
+    files, and the unreadable ones with their reasons."""
+    decoded: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
+    bad_files = []
+    for source, files in sources.items():
+        if not files:
+            raise UserError(f"{data_dir / source} has no image files in its class folders")
+        paths = [p for p, _ in files]
+        pixels, ok, reasons = decode_all(paths, size, workers, f"decoding {source}")
+        bad_files += [{"path": str(paths[i]), "reason": r} for i, r in sorted(reasons.items())]
+        if not ok.any():
+            raise UserError(f"no readable images in {data_dir / source} ({len(paths)} files, all unusable)")
+        labels = np.array([lbl for (_, lbl), good in zip(files, ok) if good], dtype=np.int64)
+        rel = [str(p.relative_to(data_dir)) for p, good in zip(paths, ok) if good]
+        decoded[source] = (pixels, labels, rel)
+    return decoded, bad_files
+
+
+def split_arrays(decoded: dict, assignment: np.ndarray, train_hashes: list[bytes]):
+    """Pixels, labels, paths and content hashes per split (test/ as is when there is one), plus
+    the whole train folder's labels, paths and hashes under "train_folder" for the audit."""
+    train_pixels, train_labels, train_paths = decoded["train"]
+    arrays: dict[str, np.ndarray] = {}
+    hashes = {"train_folder": train_hashes}
+    labels = {"train_folder": train_labels}
+    paths = {"train_folder": train_paths}
+    for split in config.SPLITS:
+        if split == "test" and "test" in decoded:
+            px, lb, pt = decoded["test"]
+            hs = content_hashes(px)
+        else:
+            idx = np.flatnonzero(assignment == split)
+            px, lb, pt = train_pixels[idx], train_labels[idx], [train_paths[i] for i in idx]
+            hs = [train_hashes[i] for i in idx]
+        arrays[split], labels[split], paths[split], hashes[split] = px, lb, pt, hs
+    return arrays, labels, paths, hashes
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     started = time.time()
@@ -189,20 +228,8 @@ def main(argv=None) -> int:
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
 
-    decoded: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
-    bad_files = list(ignored)
-    for source, files in sources.items():
-        if not files:
-            raise UserError(f"{data_dir / source} has no image files in its class folders")
-        paths = [p for p, _ in files]
-        pixels, ok, reasons = decode_all(paths, args.image_size, args.workers, f"decoding {source}")
-        bad_files += [{"path": str(paths[i]), "reason": r} for i, r in sorted(reasons.items())]
-        if not ok.any():
-            raise UserError(f"no readable images in {data_dir / source} ({len(paths)} files, all unusable)")
-        labels = np.array([lbl for (_, lbl), good in zip(files, ok) if good], dtype=np.int64)
-        rel = [str(p.relative_to(data_dir)) for p, good in zip(paths, ok) if good]
-        decoded[source] = (pixels, labels, rel)
-
+    decoded, bad_files = decode_sources(data_dir, sources, args.image_size, args.workers)
+    bad_files = ignored + bad_files
     train_pixels, train_labels, train_paths = decoded["train"]
     if len(np.unique(train_labels)) < 2:
         raise UserError(f"{data_dir / 'train'} has usable images in fewer than 2 classes")
@@ -211,23 +238,7 @@ def main(argv=None) -> int:
     assignment = assign_splits(train_labels, train_hashes, args.val_fraction,
                                0.0 if has_test else args.test_fraction, args.seed)
 
-    split_index = {s: np.flatnonzero(assignment == s) for s in config.SPLITS}
-    if has_test:
-        split_index["test"] = None
-    arrays: dict[str, np.ndarray] = {}
-    hashes = {"train_folder": train_hashes}
-    labels = {"train_folder": train_labels}
-    paths = {"train_folder": train_paths}
-    for split in config.SPLITS:
-        idx = split_index[split]
-        if idx is None:
-            px, lb, pt = decoded["test"]
-            hs = content_hashes(px)
-        else:
-            px, lb, pt = train_pixels[idx], train_labels[idx], [train_paths[i] for i in idx]
-            hs = [train_hashes[i] for i in idx]
-        arrays[split], labels[split], paths[split], hashes[split] = px, lb, pt, hs
-
+    arrays, labels, paths, hashes = split_arrays(decoded, assignment, train_hashes)
     audit = duplicate_audit(hashes, labels, paths, classes, "train_folder")
     dropped = 0
     if args.drop_leaks:
