@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 
 import config
-import video
+import video_analysis as video
 from classifiers import class_names_for, load_classifier
 from common import cpu_description
 

@@ -346,7 +346,7 @@ def save_annotated(image, out_dir: Path, name: str) -> None:
 # ------------------------------------------------------------------------------ main
 
 def predict_video(args) -> int:
-    import video
+    import video_analysis as video
 
     source = video.open_video(args.video)  # a bad source fails before the model loads
     backend, model_file, info_path = choose_model(args)

@@ -19,7 +19,7 @@ import pytest
 
 import faces
 import predict_emotion
-import video
+import video_analysis as video
 
 ROOT = Path(__file__).resolve().parent.parent
 VIDEOS = ROOT.parent / "shared" / "videos"
