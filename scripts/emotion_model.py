@@ -68,7 +68,7 @@ def saved_backbone(weights: str, image_size: int):
     # A fresh backbone of the same layout (so it computes in this run's precision), then
     # the trained weights.
     with_bn = any(layer.name.endswith("_bn") for layer in trained.layers)
-    backbone = vgg16_bn_backbone(image_size) if with_bn else vgg16_backbone(image_size, "none-plain")
+    backbone = vgg16_bn_backbone(image_size) if with_bn else plain_vgg16(image_size)
     backbone.set_weights(trained.get_weights())
     return backbone, saved
 
@@ -80,8 +80,6 @@ def vgg16_backbone(image_size: int, weights: str):
     shape = (image_size, image_size, 3)
     if weights == "none":
         return vgg16_bn_backbone(image_size)
-    if weights == "none-plain":  # Keras's VGG16 layout without weights (to copy weights into)
-        return keras.applications.VGG16(include_top=False, weights=None, input_shape=shape)
     if weights == "imagenet":
         try:
             return keras.applications.VGG16(include_top=False, weights="imagenet", input_shape=shape)
@@ -97,6 +95,13 @@ def vgg16_backbone(image_size: int, weights: str):
         return keras.applications.VGG16(include_top=False, weights=str(path), input_shape=shape)
     except Exception as exc:
         raise UserError(f"cannot load VGG16 weights from {path}: {first_line(exc)}") from None
+
+
+def plain_vgg16(image_size: int):
+    """Keras's VGG16 layout without weights (to copy trained weights into)."""
+    import keras
+
+    return keras.applications.VGG16(include_top=False, weights=None, input_shape=(image_size, image_size, 3))
 
 
 def vgg16_bn_backbone(image_size: int):

@@ -423,3 +423,20 @@ def test_missing_start_model_is_a_user_error(arrays, tmp_path):
     if not config.PRETRAINED_MODEL.is_file():
         with pytest.raises(UserError, match="shipped model"):
             run_training(arrays, tmp_path, "--weights", "fer2013", "--epochs", "1")
+
+
+def test_fine_tuning_from_a_model_with_the_plain_vgg16_backbone(arrays, tmp_path):
+    """A model of ours trained from VGG16 weights (no batch norm) is a start point too."""
+    import keras
+
+    weights = tmp_path / config.VGG16_NOTOP_WEIGHTS
+    write_vgg_weights(weights, legacy=True)
+    assert run_training(arrays, tmp_path / "first", "--weights", str(weights), "--epochs", "1",
+                        "--fine-tune-epochs", "0", "--fresh") == 0
+    source = tmp_path / "first" / "models" / config.BEST_MODEL
+    assert run_training(arrays, tmp_path / "second", "--weights", str(source), "--epochs", "1",
+                        "--fine-tune-epochs", "0", "--fresh") == 0
+    a = keras.models.load_model(source, compile=False).get_layer("vgg16").get_layer("block4_conv1")
+    b = keras.models.load_model(tmp_path / "second" / "models" / config.BEST_MODEL,
+                                compile=False).get_layer("vgg16").get_layer("block4_conv1")
+    np.testing.assert_array_equal(a.kernel.numpy(), b.kernel.numpy())
