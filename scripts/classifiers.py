@@ -19,6 +19,8 @@ BACKENDS = ("auto", "litert", "keras")
 def choose_model(args) -> tuple[str, Path, Path]:
     """(backend, file to load, .keras path whose sidecar describes it)."""
     model = args.model or emotion_model.default_model_path(args.models_dir)
+    if model.is_dir():
+        raise emotion_model.folder_not_model(model)
     shipped = Path(config.PRETRAINED_MODEL)
     if args.model is None and not _model_or_export(model) and _model_or_export(shipped):
         print(f"note: no model of your own in {args.models_dir}: using the shipped FER2013 model {shipped}",

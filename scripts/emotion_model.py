@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,6 +180,10 @@ def sidecar_path(model_path: Path) -> Path:
     return Path(model_path).with_suffix(".json")
 
 
+def folder_not_model(path: Path) -> UserError:
+    return UserError(f"{path} is a folder: pass the model file in it, e.g. {Path(path) / config.BEST_MODEL}")
+
+
 def load_model(model_path: Path, compile: bool = False, float32: bool = True):
     """Load a .keras (or legacy .h5) model safely; UserError if missing or unreadable.
 
@@ -187,14 +192,22 @@ def load_model(model_path: Path, compile: bool = False, float32: bool = True):
     rounding is added at inference. Training passes float32=False to keep its policy.
     """
     model_path = Path(model_path)
+    if model_path.is_dir():
+        raise folder_not_model(model_path)
     if not model_path.is_file():
         raise model_not_found(model_path)
+    if model_path.suffix == ".keras" and not zipfile.is_zipfile(model_path):
+        raise UserError(f"{model_path} exists but is not a valid Keras model file (a .keras file is a zip "
+                        "archive; this one is damaged or truncated): re-train or re-copy it")
     import_tensorflow()
     import keras
 
     try:
         model = keras.models.load_model(model_path, compile=compile, safe_mode=True)
     except Exception as exc:
+        if "Lambda" in str(exc) or "safe_mode" in str(exc):
+            raise UserError(f"{model_path} contains code (a Lambda layer) and is refused: models are only "
+                            "loaded from built-in layers") from None
         raise UserError(f"cannot load model {model_path}: {first_line(exc)}") from None
     return as_float32(model) if float32 else model
 

@@ -1,0 +1,36 @@
+"""emotion_model.load_model on files that are not what they claim: one clear message each
+(issue 14, points 9, 10 and 12)."""
+
+import pytest
+
+import emotion_model
+from common import UserError
+
+
+def test_a_folder_is_named_as_a_folder(tmp_path):
+    import predict_emotion
+
+    with pytest.raises(UserError, match="is a folder: pass the model file in it"):
+        emotion_model.load_model(tmp_path)
+    with pytest.raises(UserError, match="is a folder: pass the model file in it"):
+        predict_emotion.main(["--image_path", str(tmp_path), "--model", str(tmp_path)])
+
+
+def test_a_truncated_keras_file_is_not_reported_as_missing(tiny_model, tmp_path):
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(tiny_model.path.read_bytes()[:5000])
+    with pytest.raises(UserError, match="exists but is not a valid Keras model file") as caught:
+        emotion_model.load_model(broken)
+    assert "not found" not in str(caught.value).lower()
+
+
+def test_a_lambda_layer_model_is_refused_without_advertising_the_override(tmp_path):
+    import keras
+
+    inputs = keras.Input((48, 48, 1))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    with pytest.raises(UserError, match="contains code") as caught:
+        emotion_model.load_model(path)
+    assert "safe_mode=False" not in str(caught.value)
