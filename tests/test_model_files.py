@@ -5,6 +5,7 @@ import pytest
 
 import emotion_model
 from common import UserError
+from conftest import BLOCKS, save
 
 
 def test_a_folder_is_named_as_a_folder(tmp_path):
@@ -13,7 +14,7 @@ def test_a_folder_is_named_as_a_folder(tmp_path):
     with pytest.raises(UserError, match="is a folder: pass the model file in it"):
         emotion_model.load_model(tmp_path)
     with pytest.raises(UserError, match="is a folder: pass the model file in it"):
-        predict_emotion.main(["--image_path", str(tmp_path), "--model", str(tmp_path)])
+        predict_emotion.main(["--image_path", str(save(tmp_path / "face.png", BLOCKS)), "--model", str(tmp_path)])
 
 
 def test_a_truncated_keras_file_is_not_reported_as_missing(tiny_model, tmp_path):
