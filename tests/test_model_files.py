@@ -35,3 +35,17 @@ def test_a_lambda_layer_model_is_refused_without_advertising_the_override(tmp_pa
     with pytest.raises(UserError, match="contains code") as caught:
         emotion_model.load_model(path)
     assert "safe_mode=False" not in str(caught.value)
+
+
+@pytest.mark.parametrize("content", [b"[]", b"\xff\xfe{", b'{"class_names": "angry"}'])
+def test_a_damaged_sidecar_is_one_line_error_in_predict(tiny_model, tmp_path, content):
+    import shutil
+
+    import predict_emotion
+
+    model = tmp_path / "m.keras"
+    shutil.copy(tiny_model.path, model)
+    shutil.copy(tiny_model.path.with_suffix(".tflite"), model.with_suffix(".tflite"))
+    model.with_suffix(".json").write_bytes(content)
+    with pytest.raises(UserError, match="sidecar.*is damaged"):
+        predict_emotion.main(["--image_path", str(save(tmp_path / "face.png", BLOCKS)), "--model", str(model)])
