@@ -168,6 +168,15 @@ def read_json(path: Path, what: str) -> dict:
         raise UserError(f"{what} is not readable JSON ({path}): {exc}") from None
 
 
+def printable(text) -> str:
+    """A path (or any text) fit for one line of output: control characters such as a newline
+    in a file name are escaped (\\n), everything else is left as it is."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message (or its type), for one-line errors."""
     text = str(exc).strip()

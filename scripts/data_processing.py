@@ -24,7 +24,7 @@ import numpy as np
 
 import config
 from artifacts import array_names, write_arrays, write_meta
-from common import HelpFormatter, UserError, format_table, library_versions, run_cli
+from common import HelpFormatter, UserError, format_table, library_versions, printable, run_cli
 from folders import class_folders, decode_all
 from imaging import list_files
 
@@ -300,7 +300,7 @@ def print_summary(meta: dict, has_test: bool, out_dir: Path) -> None:
     within = meta["duplicates"]["within_train_folder"]
     print(f"\nbad files skipped: {len(meta['bad_files'])}")
     for bad in meta["bad_files"][:10]:
-        print(f"  {bad['path']}: {bad['reason']}")
+        print(f"  {printable(bad['path'])}: {bad['reason']}")
     if len(meta["bad_files"]) > 10:
         print(f"  ... {len(meta['bad_files']) - 10} more in meta.json")
     print(f"duplicates in train/ folder: {within['extra_copies']} extra copies in "

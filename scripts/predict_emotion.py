@@ -50,7 +50,7 @@ import config
 import imaging
 import tta
 from classifiers import BACKENDS, KerasClassifier, choose_model, class_names_for, load_classifier  # noqa: F401
-from common import HelpFormatter, UserError, atomic_write_bytes, run_cli
+from common import HelpFormatter, UserError, atomic_write_bytes, printable, run_cli
 DETECTORS = ("opencv", "mtcnn")  # faces.DETECTORS; repeated so that --help does not import cv2
 TOP_K = 3
 GLOB_CHARS = set("*?[")
@@ -250,7 +250,8 @@ def text_line(rec: dict) -> str:
     else:
         where = f"face {rec['face']}/{rec['faces_in_image']} at x={b['x']} y={b['y']} {b['w']}x{b['h']}"
     others = ", ".join(f"{t['emotion']} {t['probability']:.1%}" for t in rec["top3"][1:])
-    return f"{rec['image']}  [{where}]  {rec['emotion']} {rec['confidence']:.1%}" + (f"  ({others})" if others else "")
+    line = f"{printable(rec['image'])}  [{where}]  {rec['emotion']} {rec['confidence']:.1%}"
+    return line + (f"  ({others})" if others else "")
 
 
 def csv_row(rec: dict) -> list:
@@ -415,10 +416,10 @@ def predict_photos(args) -> int:
             photo, arrays = prepare(path, args, classifier.image_size)
         except imaging.BadImage as exc:
             failed += 1
-            _message(progress, f"error: {path}: {exc} (skipped)")
+            _message(progress, f"error: {printable(path)}: {exc} (skipped)")
             continue
         if photo.face_found is False:
-            _message(progress, f"note: {path}: no face found, classifying the whole image")
+            _message(progress, f"note: {printable(path)}: no face found, classifying the whole image")
         pending.append(photo)
         pending_arrays.extend(arrays)
         if len(pending_arrays) >= args.batch_size:

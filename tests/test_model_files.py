@@ -49,3 +49,29 @@ def test_a_damaged_sidecar_is_one_line_error_in_predict(tiny_model, tmp_path, co
     model.with_suffix(".json").write_bytes(content)
     with pytest.raises(UserError, match="sidecar.*is damaged"):
         predict_emotion.main(["--image_path", str(save(tmp_path / "face.png", BLOCKS)), "--model", str(model)])
+
+
+def test_newlines_in_file_names_do_not_break_output_lines(tiny_model, tmp_path, capsys):
+    """Issue 14, point 16: one output line per face and per bad file, whatever the name."""
+    import data_processing
+    import predict_emotion
+
+    folder = tmp_path / "photos"
+    save(folder / "two\nlines.png", BLOCKS)
+    (folder / "bad\nfile.png").write_bytes(b"not an image")
+    code = predict_emotion.main(["--image_path", str(folder), "--model", str(tiny_model.path), "--no-detect"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert out.count("\n") == 1 and "two\\nlines.png" in out
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "bad\\nfile.png" in errors[0]
+
+    data = tmp_path / "data"
+    for name in ("a", "b"):
+        save(data / "train" / name / "ok.png", BLOCKS)
+        save(data / "train" / name / "ok2.png", BLOCKS[::-1].copy())
+    (data / "train" / "a" / "bad\nname.png").write_bytes(b"garbage")
+    assert data_processing.main(["--data-dir", str(data), "--out-dir", str(tmp_path / "out"), "--workers", "1",
+                                 "--val-fraction", "0.25", "--image-size", "16"]) == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if "bad" in line and "name.png" in line]
+    assert listed == [f"  {data / 'train' / 'a'}/bad\\nname.png: not an image (format not recognised)"]
