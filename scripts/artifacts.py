@@ -7,8 +7,11 @@ half-written arrays are detected before anything trains on them.
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -32,30 +35,47 @@ class Split:
     info: dict = field(default_factory=dict)  # where the images came from, for metrics.json
 
 
-def write_arrays(out_dir: Path, arrays: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict[str, str]:
-    """X (N, S, S) uint8 and y of every split, atomically; returns their SHA-256 by file name.
+STAGING_DIR = ".incoming"  # inside the output folder: same file system, so the swap is renames
 
-    meta.json is removed first: until write_meta writes the new one, the folder is
-    visibly incomplete.
+
+def write_dataset(out_dir: Path, arrays: dict[str, np.ndarray], labels: dict[str, np.ndarray],
+                  describe: Callable[[dict[str, str]], dict]) -> dict:
+    """Every split's X (N, S, S) uint8 and y, then meta.json (`describe(sha256 by file name)`
+    plus the format version and creation time); returns the meta.
+
+    The new set is written beside the old one first and swapped in by renames at the end,
+    so a full disk, a crash or Ctrl+C while writing leaves a previous output intact. During
+    the swap itself (renames only) meta.json goes first and comes back last: a folder
+    without it is visibly incomplete, never silently mixed.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = out_dir / STAGING_DIR
+    shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while writing
+    staging.mkdir(parents=True)
+    try:
+        sha = {}
+        for split in config.SPLITS:
+            x_name, y_name = array_names(split)
+            atomic_save_npy(staging / x_name, np.ascontiguousarray(arrays[split][..., None]))
+            atomic_save_npy(staging / y_name, labels[split].astype(np.int64))
+            sha[x_name] = sha256_file(staging / x_name)
+            sha[y_name] = sha256_file(staging / y_name)
+        meta = {"format_version": FORMAT_VERSION, "created": utc_now(), **describe(sha)}
+        atomic_write_json(staging / config.META_FILE, meta)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     (out_dir / config.META_FILE).unlink(missing_ok=True)
-    sha = {}
-    for split in config.SPLITS:
-        x_name, y_name = array_names(split)
-        atomic_save_npy(out_dir / x_name, np.ascontiguousarray(arrays[split][..., None]))
-        atomic_save_npy(out_dir / y_name, labels[split].astype(np.int64))
-        sha[x_name] = sha256_file(out_dir / x_name)
-        sha[y_name] = sha256_file(out_dir / y_name)
-    return sha
-
-
-def write_meta(out_dir: Path, meta: dict) -> dict:
-    """meta.json (last of all files): `meta` plus the format version and creation time."""
-    meta = {"format_version": FORMAT_VERSION, "created": utc_now(), **meta}
-    atomic_write_json(Path(out_dir) / config.META_FILE, meta)
+    for name in sha:
+        os.replace(staging / name, out_dir / name)
+    os.replace(staging / config.META_FILE, out_dir / config.META_FILE)
+    staging.rmdir()
     return meta
+
+
+def bytes_needed(n_images: int, image_size: int) -> int:
+    """Disk space the arrays of `n_images` images take (X uint8 + y int64, headers aside)."""
+    return n_images * (image_size * image_size + 8) + 6 * 256
 
 
 def read_meta(data_dir: Path) -> dict:

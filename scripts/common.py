@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import os
 import platform
 import signal
@@ -31,6 +32,30 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         if action.nargs == 0 or action.default is None or action.default is argparse.SUPPRESS:
             return action.help
         return super()._get_help_string(action)
+
+
+def number(kind: type = float, low: float | None = None, high: float | None = None, *,
+           above: float | None = None, below: float | None = None) -> Callable[[str], float]:
+    """An argparse `type`: a finite int or float within bounds (low/high inclusive,
+    above/below exclusive), so "nan", "inf" and out-of-range values are refused with
+    one line before any work starts."""
+    limits = [f">= {low:g}" if low is not None else "", f"> {above:g}" if above is not None else "",
+              f"<= {high:g}" if high is not None else "", f"< {below:g}" if below is not None else ""]
+    wanted = " and ".join(x for x in limits if x)
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high) \
+                or (above is not None and value <= above) or (below is not None and value >= below):
+            raise argparse.ArgumentTypeError(f"{text} is out of range (must be finite and {wanted})"
+                                             if wanted else f"{text} is not a finite number")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
 class UserError(Exception):
@@ -151,6 +176,27 @@ def atomic_save_keras(model, path: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def writable_folder(path: Path, flag: str) -> Path:
+    """Check, before any long work, that files can be written in `path` or, if it does not
+    exist yet, that it can be created (nothing is created); returns the nearest existing
+    folder. A UserError naming the flag otherwise."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"is under {existing}, which is a file"
+        raise UserError(f"{flag} {path} {where}, not a folder")
+    try:
+        if existing == path:
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        raise UserError(f"cannot write to {flag} {path}: {exc.strerror or exc}") from None
+    return existing
 
 
 def sha256_file(path: Path) -> str:

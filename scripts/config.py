@@ -41,6 +41,7 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 BEST_MODEL: str = "best_model.keras"  # phase 1 (or the only phase when training from scratch)
 FINE_TUNED_MODEL: str = "fine_tuned_model.keras"  # phase 2
 TFLITE_SUFFIX: str = ".tflite"
+PREVIOUS_MODELS_DIR: str = "previous"  # a new run moves the last run's models here
 RESUME_DIR_NAME: str = ".resume"  # per-run resume state, inside MODELS_DIR
 VGG16_NOTOP_WEIGHTS: str = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 # The model that ships with the project (FER2013, 7 classes): used by prediction when you

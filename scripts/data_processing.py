@@ -15,16 +15,19 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 import config
-from artifacts import array_names, write_arrays, write_meta
-from common import HelpFormatter, UserError, format_table, library_versions, printable, run_cli
+from artifacts import array_names, bytes_needed, write_dataset
+from common import (HelpFormatter, UserError, format_table, library_versions, number, printable, run_cli,
+                    writable_folder)
 from folders import class_folders, decode_all
 from imaging import list_files
 
@@ -39,34 +42,37 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="dataset folder holding train/<class>/ and optionally test/<class>/")
     p.add_argument("--out-dir", type=Path, default=config.PREPROCESSED_DIR,
                    help="where X_*.npy, y_*.npy and meta.json are written")
-    p.add_argument("--image-size", type=int, default=config.IMAGE_SIZE,
+    p.add_argument("--image-size", type=number(int, 8, 512), default=config.IMAGE_SIZE,
                    help="output side length in pixels (images are resized to a square)")
-    p.add_argument("--val-fraction", type=float, default=config.VAL_FRACTION,
+    p.add_argument("--val-fraction", type=number(float, 0, below=1), default=config.VAL_FRACTION,
                    help="fraction of train held out for validation (stratified, seeded)")
-    p.add_argument("--test-fraction", type=float, default=config.TEST_FRACTION,
+    p.add_argument("--test-fraction", type=number(float, 0, below=1), default=config.TEST_FRACTION,
                    help="fraction of train held out as test, only when there is no test/ folder")
-    p.add_argument("--seed", type=int, default=config.SEED, help="random seed of the splits")
+    p.add_argument("--seed", type=number(int, 0), default=config.SEED, help="random seed of the splits")
     p.add_argument("--drop-leaks", action="store_true",
                    help="remove from train the images that also occur (pixel-exact) in val or test")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    p.add_argument("--workers", type=number(int, 1, 256), default=os.cpu_count() or 1,
                    help="decoding processes")
     args = p.parse_args(argv)
-    if not 8 <= args.image_size <= 512:
-        p.error("--image-size must be between 8 and 512")
-    if not 0 <= args.val_fraction < 1 or not 0 <= args.test_fraction < 1:
-        p.error("--val-fraction and --test-fraction must be in [0, 1)")
     if args.val_fraction + args.test_fraction >= 1:
         p.error("--val-fraction + --test-fraction must be below 1")
-    if args.workers < 1:
-        p.error("--workers must be at least 1")
     return args
 
 
 # ---------------------------------------------------------------- discovery
 
-def discover(data_dir: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]], list[dict], list[str]]:
-    """Find classes and files. Returns class names, {split_source: [(path, label)]},
-    files ignored (with reason) and warnings."""
+@dataclass
+class Found:
+    """What discover() found in the dataset folder."""
+    classes: list[str]
+    sources: dict[str, list[tuple[Path, int]]]  # "train"/"test": [(path, label)]
+    ignored: list[dict]  # files not used, with the reason
+    warnings: list[str]
+    hidden: list[Path]  # hidden files and folders (.DS_Store, .git, ...), skipped
+
+
+def discover(data_dir: Path) -> Found:
+    """Find classes and files; refuse a class folder without files (a class never seen)."""
     if not data_dir.is_dir():
         raise UserError(f"data folder not found: {data_dir} (pass --data-dir PATH)")
     train_dir = data_dir / "train"
@@ -86,22 +92,29 @@ def discover(data_dir: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]
             f"class folders differ from the 7 FER2013 emotions (extra: {extra or 'none'}, "
             f"missing: {missing or 'none'}); using the {len(classes)} folders found: {classes}"
         )
-    ignored: list[dict] = []
-    sources: dict[str, list[tuple[Path, int]]] = {}
+    found = Found(classes, {}, [], warnings, [])
     for split in ("train", "test"):
         split_dir = data_dir / split
         if not split_dir.is_dir():
             continue
         files: list[tuple[Path, int]] = []
-        for path in sorted(p for p in split_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
-            ignored.append({"path": str(path), "reason": "not inside a class folder"})
+        for path in sorted(split_dir.iterdir()):
+            if path.name.startswith("."):
+                found.hidden.append(path)
+            elif path.is_file():
+                found.ignored.append({"path": str(path), "reason": "not inside a class folder"})
         for name in class_folders(split_dir):
             if name not in classes:
                 warnings.append(f"{split}/{name}/ is not a class of train/; its images are ignored")
                 continue
-            files += [(path, classes.index(name)) for path in list_files(split_dir / name)]
-        sources[split] = files
-    return classes, sources, ignored, warnings
+            listed = list_files(split_dir / name, found.hidden)
+            if not listed and split == "train":
+                empty = [c for c in classes if not list_files(train_dir / c)]
+                raise UserError(f"class folder(s) without images in {train_dir}: {', '.join(empty)}; the "
+                                "model would learn a class it never sees: add images or remove the folder(s)")
+            files += [(path, classes.index(name)) for path in listed]
+        found.sources[split] = files
+    return found
 
 
 # ---------------------------------------------------------------- splitting and audit
@@ -220,19 +233,33 @@ def split_arrays(decoded: dict, assignment: np.ndarray, train_hashes: list[bytes
     return arrays, labels, paths, hashes
 
 
+def check_out_dir(out_dir: Path, n_files: int, image_size: int) -> None:
+    """Before decoding: the output folder is writable and has room for the new arrays
+    beside the old ones (they are swapped in at the end)."""
+    existing = writable_folder(out_dir, "--out-dir")
+    needed, free = bytes_needed(n_files, image_size), shutil.disk_usage(existing).free
+    if free < needed:
+        raise UserError(f"not enough free space in {out_dir}: the arrays need about {needed / 2**20:.1f} MiB, "
+                        f"{free / 2**20:.1f} MiB are free")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     started = time.time()
     data_dir = args.data_dir.expanduser().resolve()
-    classes, sources, ignored, warnings = discover(data_dir)
-    for w in warnings:
+    found = discover(data_dir)
+    classes = found.classes
+    for w in found.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    check_out_dir(args.out_dir, sum(len(f) for f in found.sources.values()), args.image_size)
 
-    decoded, bad_files = decode_sources(data_dir, sources, args.image_size, args.workers)
-    bad_files = ignored + bad_files
+    decoded, bad_files = decode_sources(data_dir, found.sources, args.image_size, args.workers)
+    bad_files = found.ignored + bad_files
     train_pixels, train_labels, train_paths = decoded["train"]
-    if len(np.unique(train_labels)) < 2:
-        raise UserError(f"{data_dir / 'train'} has usable images in fewer than 2 classes")
+    unusable = [c for k, c in enumerate(classes) if not (train_labels == k).any()]
+    if unusable:
+        raise UserError(f"no usable training images in class folder(s) {', '.join(unusable)} of "
+                        f"{data_dir / 'train'} (all unreadable); the model would learn a class it never sees")
     has_test = "test" in decoded
     train_hashes = content_hashes(train_pixels)
     assignment = assign_splits(train_labels, train_hashes, args.val_fraction,
@@ -255,38 +282,42 @@ def main(argv=None) -> int:
     if has_test:
         near_blank += [paths["test"][i] for i in np.flatnonzero(pixel_std(arrays["test"]) < blank)]
 
-    sha = write_arrays(args.out_dir, arrays, labels)
     counts = {s: {c: int((labels[s] == k).sum()) for k, c in enumerate(classes)} for s in config.SPLITS}
-    for s in config.SPLITS:
-        for c, n in counts[s].items():
-            if n == 0 and s == "train":
-                print(f"warning: class '{c}' has no training images", file=sys.stderr)
-    meta = write_meta(args.out_dir, {
-        "source_dir": str(data_dir),
-        "class_names": classes,
-        "image_size": args.image_size,
-        "settings": {
-            "val_fraction": args.val_fraction,
-            "test_fraction": None if has_test else args.test_fraction,
-            "seed": args.seed,
-            "drop_leaks": args.drop_leaks,
-            "test_source": "test/ folder" if has_test else "stratified split of train/",
-        },
-        "counts": counts,
-        "totals": {s: int(len(labels[s])) for s in config.SPLITS},
-        "arrays": {
-            name: {"dtype": str(a.dtype), "shape": list(a.shape)}
-            for s in config.SPLITS
-            for name, a in zip(array_names(s), (arrays[s][..., None], labels[s]))
-        },
-        "sha256": sha,
-        "bad_files": bad_files,
-        "duplicates": audit,
-        "near_blank_images": near_blank,
-        "warnings": warnings,
-        "versions": library_versions("numpy", "PIL"),
-        "elapsed_seconds": round(time.time() - started, 2),
-    })
+
+    def describe(sha: dict[str, str]) -> dict:
+        return {
+            "source_dir": str(data_dir),
+            "class_names": classes,
+            "image_size": args.image_size,
+            "settings": {
+                "val_fraction": args.val_fraction,
+                "test_fraction": None if has_test else args.test_fraction,
+                "seed": args.seed,
+                "drop_leaks": args.drop_leaks,
+                "test_source": "test/ folder" if has_test else "stratified split of train/",
+            },
+            "counts": counts,
+            "totals": {s: int(len(labels[s])) for s in config.SPLITS},
+            "arrays": {
+                name: {"dtype": str(a.dtype), "shape": list(a.shape)}
+                for s in config.SPLITS
+                for name, a in zip(array_names(s), (arrays[s][..., None], labels[s]))
+            },
+            "sha256": sha,
+            "bad_files": bad_files,
+            "hidden_files_skipped": [str(p) for p in found.hidden],
+            "duplicates": audit,
+            "near_blank_images": near_blank,
+            "warnings": found.warnings,
+            "versions": library_versions("numpy", "PIL"),
+            "elapsed_seconds": round(time.time() - started, 2),
+        }
+
+    try:
+        meta = write_dataset(args.out_dir, arrays, labels, describe)
+    except OSError as exc:
+        raise UserError(f"cannot write the arrays to {args.out_dir}: {exc.strerror or exc}; the previous "
+                        "output there (if any) is unchanged") from None
     print_summary(meta, has_test, args.out_dir)
     return 0
 
@@ -311,6 +342,10 @@ def print_summary(meta: dict, has_test: bool, out_dir: Path) -> None:
             print(f"  shared {pair}: {info['distinct_images_shared']} distinct images")
     if meta["duplicates"]["dropped_from_train_as_leaks"]:
         print(f"  --drop-leaks removed {meta['duplicates']['dropped_from_train_as_leaks']} train images")
+    hidden = meta["hidden_files_skipped"]
+    if hidden:
+        print(f"hidden files skipped: {len(hidden)} (names starting with '.', Thumbs.db, desktop.ini; "
+              "listed in meta.json)")
     print(f"near-blank images: {len(meta['near_blank_images'])}")
     if not has_test:
         print("no test/ folder: the test split was taken from train (stratified, seeded)")

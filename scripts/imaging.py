@@ -31,18 +31,23 @@ def is_hidden(path: Path) -> bool:
     return path.name.startswith(".") or path.name in {"Thumbs.db", "desktop.ini"}
 
 
-def list_files(folder: Path) -> list[Path]:
+def list_files(folder: Path, hidden: list[Path] | None = None) -> list[Path]:
     """Every non-hidden regular file below `folder`, recursively, in sorted order.
 
-    Hidden files and folders (.DS_Store, ._foo.jpg, .git) are left out.
+    Hidden files and folders (.DS_Store, ._foo.jpg, .git) are left out; pass a list as
+    `hidden` to get them back, so they can be counted rather than skipped without a word.
     """
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
+        if hidden is not None:
+            hidden += [Path(dirpath) / d for d in sorted(dirnames) if d.startswith(".")]
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             path = Path(dirpath) / name
             if not is_hidden(path):
                 found.append(path)
+            elif hidden is not None:
+                hidden.append(path)
     return found
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import config
 from artifacts import Split, load_split, read_meta
-from common import HelpFormatter, UserError, cpu_description, import_tensorflow, onednn_enabled, run_cli
+from common import (HelpFormatter, UserError, cpu_description, import_tensorflow, number, onednn_enabled,
+                    run_cli)
 from resume import Clock, ResumeState, settings_fingerprint
 
 
@@ -45,51 +46,58 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "file, 'fer2013' (the model shipped in models/pretrained/: its backbone, a new head "
                    "for your classes; offline), a .keras model of ours to start from likewise, or "
                    "'none' to train from scratch (VGG16 with batch norm, one phase)")
-    m.add_argument("--dense-units", type=int, default=config.DENSE_UNITS, help="units of the head's hidden layer")
-    m.add_argument("--dropout", type=float, default=config.DROPOUT, help="dropout before the output layer")
+    m.add_argument("--dense-units", type=number(int, 1), default=config.DENSE_UNITS,
+                   help="units of the head's hidden layer")
+    m.add_argument("--dropout", type=number(float, 0, below=1), default=config.DROPOUT,
+                   help="dropout before the output layer")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=config.EPOCHS, help="epochs of phase 1 (the only phase from scratch)")
-    t.add_argument("--fine-tune-epochs", type=int, default=config.FINE_TUNE_EPOCHS,
+    t.add_argument("--epochs", type=number(int, 1), default=config.EPOCHS,
+                   help="epochs of phase 1 (the only phase from scratch)")
+    t.add_argument("--fine-tune-epochs", type=number(int, 0), default=config.FINE_TUNE_EPOCHS,
                    help="epochs of phase 2 (pretrained only; 0 skips it)")
-    t.add_argument("--batch-size", type=int, default=config.BATCH_SIZE, help="global batch size")
-    t.add_argument("--lr", type=float, default=config.LEARNING_RATE, help="learning rate of phase 1")
-    t.add_argument("--fine-tune-lr", type=float, default=config.FINE_TUNE_LEARNING_RATE,
+    t.add_argument("--batch-size", type=number(int, 1), default=config.BATCH_SIZE, help="global batch size")
+    t.add_argument("--lr", type=number(float, above=0, high=10), default=config.LEARNING_RATE,
+                   help="learning rate of phase 1")
+    t.add_argument("--fine-tune-lr", type=number(float, above=0, high=10), default=config.FINE_TUNE_LEARNING_RATE,
                    help="learning rate of phase 2")
     t.add_argument("--fine-tune-blocks", type=int, default=config.FINE_TUNE_BLOCKS, choices=range(1, 6),
                    help="VGG16 blocks unfrozen in phase 2, counted from the top")
     t.add_argument("--optimizer", choices=("adam", "sgd"), default=config.OPTIMIZER,
                    help="adam, or sgd with Nesterov momentum 0.9")
-    t.add_argument("--weight-decay", type=float, default=config.WEIGHT_DECAY,
+    t.add_argument("--weight-decay", type=number(float, 0, below=1), default=config.WEIGHT_DECAY,
                    help="decoupled weight decay of the optimizer (Keras applies lr * decay * weight "
                    "per step; 0: none)")
-    t.add_argument("--warmup-epochs", type=float, default=config.WARMUP_EPOCHS,
+    t.add_argument("--warmup-epochs", type=number(float, 0), default=config.WARMUP_EPOCHS,
                    help="cosine schedule only: raise the learning rate linearly from 1%% of --lr over "
                    "this many epochs first (steadier start with SGD)")
-    t.add_argument("--label-smoothing", type=float, default=config.LABEL_SMOOTHING)
+    t.add_argument("--label-smoothing", type=number(float, 0, below=1), default=config.LABEL_SMOOTHING)
     t.add_argument("--no-class-weights", dest="class_weights", action="store_false",
                    help="do not weight the loss by inverse class frequency")
-    t.add_argument("--patience", type=int, default=config.EARLY_STOPPING_PATIENCE,
+    t.add_argument("--patience", type=number(int, 1), default=config.EARLY_STOPPING_PATIENCE,
                    help="early stopping: epochs without val accuracy gain")
-    t.add_argument("--lr-patience", type=int, default=config.REDUCE_LR_PATIENCE,
+    t.add_argument("--lr-patience", type=number(int, 1), default=config.REDUCE_LR_PATIENCE,
                    help="epochs without val loss gain before the learning rate is halved")
     t.add_argument("--lr-schedule", choices=("plateau", "cosine"), default=config.LR_SCHEDULE,
                    help="plateau: halve the learning rate when val loss stalls (--lr-patience); cosine: "
                    "decay it every batch from --lr to 1%% of it over --epochs, or over --time-budget "
                    "when one is given (so the decay ends when the budget does)")
-    t.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+    t.add_argument("--time-budget", type=number(float, above=0), default=None, metavar="MINUTES",
                    help="stop cleanly when the next epoch would not finish within this many minutes "
                    "of training (all phases, resumes included)")
-    t.add_argument("--steps-per-epoch", type=int, default=None,
+    t.add_argument("--steps-per-epoch", type=number(int, 1), default=None,
                    help="cap batches per epoch (quick smoke runs)")
-    t.add_argument("--seed", type=int, default=config.SEED)
+    t.add_argument("--seed", type=number(int, 0), default=config.SEED)
     t.add_argument("--fresh", action="store_true", help="ignore saved resume state and start over")
     a = p.add_argument_group("augmentation (training batches only)")
     a.add_argument("--no-augment", dest="augment", action="store_false", help="turn all augmentation off")
     a.add_argument("--no-flip", dest="aug_flip", action="store_false", help="no horizontal flips")
-    a.add_argument("--aug-rotation", type=float, default=config.AUG_ROTATION_DEG, help="max rotation, degrees")
-    a.add_argument("--aug-zoom", type=float, default=config.AUG_ZOOM, help="max zoom in/out, fraction")
-    a.add_argument("--aug-shift", type=float, default=config.AUG_SHIFT, help="max shift, fraction of the side")
-    a.add_argument("--aug-erasing", type=float, default=config.AUG_ERASING,
+    a.add_argument("--aug-rotation", type=number(float, 0, 180), default=config.AUG_ROTATION_DEG,
+                   help="max rotation, degrees")
+    a.add_argument("--aug-zoom", type=number(float, 0, below=1), default=config.AUG_ZOOM,
+                   help="max zoom in/out, fraction")
+    a.add_argument("--aug-shift", type=number(float, 0, below=1), default=config.AUG_SHIFT,
+                   help="max shift, fraction of the side")
+    a.add_argument("--aug-erasing", type=number(float, 0, 1), default=config.AUG_ERASING,
                    help="probability of erasing a random rectangle")
     h = p.add_argument_group("hardware")
     h.add_argument("--precision", choices=("auto", "mixed_bfloat16", "mixed_float16", "float32"),
@@ -98,23 +106,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     h.add_argument("--distribute", choices=("auto", "none", "mirrored", "multi-worker"), default="auto",
                    help="auto: MirroredStrategy over all GPUs when there are several, "
                    "MultiWorkerMirroredStrategy when TF_CONFIG is set")
-    h.add_argument("--logical-cpus", type=int, default=0,
+    h.add_argument("--logical-cpus", type=number(int, 0, 64), default=0,
                    help="split the CPU into N logical devices and mirror over them (tests the "
                    "distributed path without GPUs)")
     args = p.parse_args(argv)
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.fine_tune_epochs < 0:
-        p.error("--fine-tune-epochs must be 0 or more")
-    if args.lr <= 0 or args.fine_tune_lr <= 0:
-        p.error("learning rates must be positive")
-    if not 0 <= args.label_smoothing < 1 or not 0 <= args.dropout < 1:
-        p.error("--label-smoothing and --dropout must be in [0, 1)")
-    if not 0 <= args.weight_decay < 1 or args.warmup_epochs < 0:
-        p.error("--weight-decay must be in [0, 1) and --warmup-epochs 0 or more")
-    if args.time_budget is not None and args.time_budget <= 0:
-        p.error("--time-budget must be positive")
     if args.weights.lower() in ("none", "imagenet", "fer2013"):
         args.weights = args.weights.lower()
     return args
@@ -207,10 +202,8 @@ def start_or_resume(args, meta: dict) -> tuple[ResumeState, dict | None, str]:
 def new_state(args, fingerprint: str) -> dict:
     if not args.fresh:
         print("no interrupted run found: starting a new run")
-    # A new run replaces the previous run's models, so a stale phase-2 model is never picked.
-    for stale in (config.BEST_MODEL, config.FINE_TUNED_MODEL):
-        for f in (args.models_dir / stale, (args.models_dir / stale).with_suffix(".json")):
-            f.unlink(missing_ok=True)
+    # The previous run's models stay until this run saves its first checkpoint; they then
+    # move to models/previous/ (training.BestCheckpoint).
     run_name = args.run_name or datetime.now().strftime("run-%Y%m%d-%H%M%S")
     return {"fingerprint": fingerprint, "run_name": run_name, "phase": 1, "epoch": 0,
             "elapsed_seconds": 0.0, "phases_done": []}

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 import config
-from common import atomic_save_keras
+from common import UserError, atomic_save_keras
 from resume import Clock, ResumeState
 
 
@@ -117,18 +117,80 @@ def cosine_lr(base_lr: float, progress: float, floor: float = 0.01) -> float:
 # ---------------------------------------------------------------- callbacks
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Saves the model whenever validation accuracy improves (atomically)."""
+    """Saves the model whenever validation accuracy improves (atomically), never from an
+    epoch whose losses are not finite. Before a new run's first save, the previous run's
+    models (`replaces`) move to models/previous/: a failed or worse new run never costs
+    the user a good model, and a stale phase-2 model is never picked instead of the new one."""
 
-    def __init__(self, model_path: Path, best: float = -1.0, best_epoch: int | None = None):
+    def __init__(self, model_path: Path, best: float = -1.0, best_epoch: int | None = None,
+                 replaces: list[Path] | None = None):
         super().__init__()
         self.model_path, self.best, self.best_epoch = model_path, best, best_epoch
+        self.replaces = replaces or []
 
     def on_epoch_end(self, epoch, logs=None):
-        acc = (logs or {}).get("val_accuracy")
-        if acc is not None and acc > self.best:
+        logs = logs or {}
+        acc = logs.get("val_accuracy")
+        finite = all(math.isfinite(float(logs.get(k, 0.0))) for k in ("loss", "val_loss"))
+        if acc is not None and finite and acc > self.best:
             print(f"\nepoch {epoch + 1}: val_accuracy improved to {acc:.4f}, saving {self.model_path}")
             self.best, self.best_epoch = float(acc), epoch + 1
+            if self.replaces:
+                move_aside(self.replaces, self.model_path.parent / config.PREVIOUS_MODELS_DIR)
+                self.replaces = []
             atomic_save_keras(self.model, self.model_path)
+
+
+def previous_models(models_dir: Path) -> list[Path]:
+    """The files of an earlier run's models (.keras, .json sidecar, .tflite export)."""
+    stems = (Path(config.BEST_MODEL).stem, Path(config.FINE_TUNED_MODEL).stem)
+    return sorted(f for stem in stems for f in models_dir.glob(f"{stem}.*") if f.is_file())
+
+
+def move_aside(files: list[Path], folder: Path) -> None:
+    """Move `files` into `folder`, replacing what an older run left there (one generation)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in previous_models(folder):
+        old.unlink()
+    for f in files:
+        if f.exists():
+            f.replace(folder / f.name)
+    print(f"the previous run's models were moved to {folder}")
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops at the first batch whose loss is NaN or infinite, before that epoch can be
+    checkpointed or saved as a resume point."""
+
+    def __init__(self, lr: float):
+        super().__init__()
+        self.lr = lr
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            raise UserError(f"training diverged: the loss became {loss} in epoch {self.epoch + 1}, batch "
+                            f"{batch + 1}; nothing from this epoch was saved. Lower --lr (it was {self.lr:g}) "
+                            "and add --fresh to start over")
+
+
+def trim_csv_log(path: Path, epochs_done: int) -> None:
+    """Keep only the rows of epochs already saved: an epoch logged but killed before its
+    resume point was saved is trained again, and must not appear twice."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    kept = [r for r in body if r and r[0].isdigit() and int(r[0]) < epochs_done]
+    if len(kept) != len(body):
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerows([header, *kept] if kept else [])
 
 
 class _RestoresCounters:
@@ -277,7 +339,9 @@ def phase_callbacks(phase: int, model_path: Path, log_dir: Path, resume: ResumeS
                     warmup_epochs: float) -> tuple[BestCheckpoint, list]:
     """The callbacks of one phase, their counters restored when resuming that phase."""
     saved = state.get("callbacks", {}) if state.get("phase") == phase else {}
-    best = BestCheckpoint(model_path, saved.get("best_val_accuracy", -1.0), saved.get("best_epoch"))
+    epochs_done = state.get("epoch", 0) if state.get("phase") == phase else 0
+    replaces = previous_models(model_path.parent) if phase == 1 and saved.get("best_epoch") is None else []
+    best = BestCheckpoint(model_path, saved.get("best_val_accuracy", -1.0), saved.get("best_epoch"), replaces)
     stopping = ResumableEarlyStopping(saved.get("early_stopping"), monitor="val_accuracy", patience=patience,
                                       mode="max", verbose=1)
     if schedule == "cosine":
@@ -287,8 +351,9 @@ def phase_callbacks(phase: int, model_path: Path, log_dir: Path, resume: ResumeS
                                       patience=lr_patience, min_lr=1e-7, verbose=1)
         lr_callback = reduce_lr
     log_dir.mkdir(parents=True, exist_ok=True)
+    trim_csv_log(log_dir / f"phase{phase}.csv", epochs_done)
     return best, [
-        best, stopping, lr_callback, TimeBudget(clock),
+        StopOnNonFiniteLoss(base_lr), best, stopping, lr_callback, TimeBudget(clock),
         keras.callbacks.CSVLogger(str(log_dir / f"phase{phase}.csv"), append=True),
         keras.callbacks.TensorBoard(log_dir=str(log_dir / f"phase{phase}"), update_freq="epoch"),
         SaveResumePoint(resume, state, phase, clock, best, stopping, reduce_lr),

@@ -16,6 +16,7 @@ import sys
 import warnings
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -389,12 +390,25 @@ def test_process_pool_matches_single_process(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- classes
 
-def test_empty_class_folder_is_kept_with_warning(tmp_path, capsys):
-    data = make_dataset(tmp_path / "data", {"a": 4, "b": 4, "c": 0})
+def test_empty_class_folder_is_refused(tmp_path):
+    data = make_dataset(tmp_path / "data", {"a": 4, "b": 4, "c": 0, "d": 0})
+    (data / "train" / "d" / ".DS_Store").write_bytes(b"x")  # hidden files are not images
+    with pytest.raises(UserError, match=r"class folder\(s\) without images in .*train: c, d; the model would"):
+        run(data, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_hidden_files_are_counted_in_the_summary(tmp_path, capsys):
+    data = make_dataset(tmp_path / "data", {"a": 4, "b": 4})
+    (data / "train" / "a" / ".DS_Store").write_bytes(b"x")
+    (data / "train" / "b" / "._img_000.png").write_bytes(b"x")
+    (data / "train" / ".hidden_dir").mkdir()
+    (data / "train" / "a" / "Thumbs.db").write_bytes(b"x")
     meta = run(data, tmp_path / "out")
-    assert meta["class_names"] == ["a", "b", "c"]
-    assert meta["counts"]["train"]["c"] == 0
-    assert "class 'c' has no training images" in capsys.readouterr().err
+    assert sorted(Path(p).name for p in meta["hidden_files_skipped"]) == [
+        ".DS_Store", "._img_000.png", ".hidden_dir", "Thumbs.db"]
+    assert "hidden files skipped: 4" in capsys.readouterr().out
+    assert sum(meta["totals"].values()) == 8
 
 
 def test_unknown_extra_class_is_used_with_warning(tmp_path, capsys):
@@ -433,7 +447,7 @@ def test_nothing_readable_is_an_error(tmp_path):
     for name in ("a", "b"):  # only hidden files: no image files at all
         (data / "train" / name / "x.jpg").unlink()
         (data / "train" / name / ".DS_Store").write_bytes(b"junk")
-    with pytest.raises(UserError, match="no image files"):
+    with pytest.raises(UserError, match="without images in .*: a, b"):
         run(data, tmp_path / "out")
     assert not (tmp_path / "out" / config.META_FILE).exists()
 
@@ -441,17 +455,21 @@ def test_nothing_readable_is_an_error(tmp_path):
 def test_usable_images_in_one_class_only_is_an_error(tmp_path):
     data = make_dataset(tmp_path / "data", {"a": 3, "b": 0})
     (data / "train" / "b" / "x.png").write_bytes(b"")
-    with pytest.raises(UserError, match="fewer than 2 classes"):
+    with pytest.raises(UserError, match="no usable training images in class folder.s. b of"):
         run(data, tmp_path / "out")
 
 
 # ---------------------------------------------------------------- interruption and checksums
 
-def test_interrupted_run_leaves_no_valid_looking_output(tmp_path, monkeypatch):
+def snapshot(out: Path) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted(out.iterdir()) if f.is_file()}
+
+
+def test_interrupted_rerun_keeps_the_previous_output(tmp_path, monkeypatch):
     data = make_dataset(tmp_path / "data", {"a": 5, "b": 5})
     out = tmp_path / "out"
-    run(data, out)  # a complete earlier run: its meta.json must not survive a broken re-run
-    assert artifacts.read_meta(out)
+    run(data, out)  # a complete earlier run
+    before = snapshot(out)
 
     calls = []
 
@@ -467,15 +485,13 @@ def test_interrupted_run_leaves_no_valid_looking_output(tmp_path, monkeypatch):
 
     monkeypatch.setattr(artifacts, "atomic_save_npy", interrupting_save)
     with pytest.raises(KeyboardInterrupt):
-        run(data, out)
+        run(data, out, "--seed", "7")
     assert len(calls) == 2
-    assert not (out / config.META_FILE).exists()
-    with pytest.raises(UserError, match="interrupted"):
-        artifacts.read_meta(out)
-    assert not tmp_leftovers(out)
+    assert snapshot(out) == before and sorted(os.listdir(out)) == sorted(before)  # no staging left
+    assert artifacts.load_split(out, "train").x.shape[0] > 0
 
 
-def test_interrupted_first_run_writes_no_meta(tmp_path, monkeypatch):
+def test_interrupted_first_run_writes_nothing(tmp_path, monkeypatch):
     data = make_dataset(tmp_path / "data", {"a": 3, "b": 3})
     out = tmp_path / "out"
 
@@ -490,11 +506,63 @@ def test_interrupted_first_run_writes_no_meta(tmp_path, monkeypatch):
     monkeypatch.setattr(artifacts, "atomic_save_npy", interrupt_after_first)
     with pytest.raises(KeyboardInterrupt):
         run(data, out)
-    assert sorted(os.listdir(out)) == ["X_train.npy"]
+    assert os.listdir(out) == []
     with pytest.raises(UserError):
         artifacts.read_meta(out)
     with pytest.raises(UserError):
         artifacts.load_split(out, "train")
+
+
+def test_full_disk_is_one_line_and_keeps_the_previous_output(tmp_path, monkeypatch, capsys):
+    data = make_dataset(tmp_path / "data", {"a": 5, "b": 5})
+    out = tmp_path / "out"
+    run(data, out)
+    before = snapshot(out)
+    calls = []
+
+    def disk_fills(path, array):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return common.atomic_save_npy(path, array)
+
+    monkeypatch.setattr(artifacts, "atomic_save_npy", disk_fills)
+    with pytest.raises(UserError, match=r"cannot write the arrays to .*No space left on device; the previous"):
+        run(data, out, "--seed", "7")
+    assert snapshot(out) == before and sorted(os.listdir(out)) == sorted(before)
+    assert artifacts.load_split(out, "train").x.shape[0] > 0
+
+
+def test_not_enough_free_space_is_refused_before_decoding(tmp_path, monkeypatch):
+    data = make_dataset(tmp_path / "data", {"a": 5, "b": 5})
+    monkeypatch.setattr(data_processing.shutil, "disk_usage", lambda path: SimpleNamespace(free=100))
+    monkeypatch.setattr(data_processing, "decode_sources", lambda *a: pytest.fail("decoded first"))
+    with pytest.raises(UserError, match=r"not enough free space in .*MiB are free"):
+        run(data, tmp_path / "out")
+
+
+@pytest.mark.parametrize("where", ["file", "under_file", "unwritable"])
+def test_bad_out_dir_fails_before_decoding(tmp_path, monkeypatch, where):
+    data = make_dataset(tmp_path / "data", {"a": 3, "b": 3})
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    out = {"file": blocker, "under_file": blocker / "out", "unwritable": tmp_path / "ro" / "out"}[where]
+    if where == "unwritable":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        (tmp_path / "ro").mkdir(mode=0o555)
+    monkeypatch.setattr(data_processing, "decode_sources", lambda *a: pytest.fail("decoded first"))
+    with pytest.raises(UserError, match="--out-dir"):
+        run(data, out)
+    assert blocker.read_text() == "a file"
+
+
+def test_bad_out_dir_is_one_line_in_a_subprocess(tmp_path, repo_root):
+    data = make_dataset(tmp_path / "data", {"a": 3, "b": 3})
+    (tmp_path / "blocker").write_text("a file")
+    proc = run_subprocess(repo_root, "--data-dir", str(data), "--out-dir", str(tmp_path / "blocker"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"error: --out-dir {tmp_path / 'blocker'} is a file, not a folder"
 
 
 def test_modified_array_fails_checksum(tmp_path):
@@ -619,13 +687,13 @@ def test_error_after_warnings_in_subprocess(tmp_path, repo_root):
 
 
 def test_successful_subprocess_run_with_warnings(tmp_path, repo_root):
-    data = make_dataset(tmp_path / "data", {"a": 3, "b": 3, "c": 0})
+    data = make_dataset(tmp_path / "data", {"a": 3, "b": 3, "c": 2})
     out = tmp_path / "out"
     proc = run_subprocess(repo_root, "--data-dir", str(data), "--out-dir", str(out), "--workers", "1")
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
-    assert any("'c'" in w for w in warnings)
+    assert any("differ from the 7 FER2013 emotions" in w for w in warnings)
     assert "no test/ folder" in proc.stdout
     meta = artifacts.read_meta(out)
     assert meta["class_names"] == ["a", "b", "c"]

@@ -440,3 +440,77 @@ def test_fine_tuning_from_a_model_with_the_plain_vgg16_backbone(arrays, tmp_path
     b = keras.models.load_model(tmp_path / "second" / "models" / config.BEST_MODEL,
                                 compile=False).get_layer("vgg16").get_layer("block4_conv1")
     np.testing.assert_array_equal(a.kernel.numpy(), b.kernel.numpy())
+
+
+# ---------------------------------------------------------------- settings and failures
+
+@pytest.mark.parametrize("flag,value", [
+    ("--lr", "nan"), ("--lr", "0"), ("--fine-tune-lr", "inf"), ("--time-budget", "nan"),
+    ("--time-budget", "0"), ("--steps-per-epoch", "0"), ("--aug-rotation", "-5"), ("--aug-zoom", "nan"),
+    ("--aug-erasing", "1.5"), ("--dropout", "1"), ("--epochs", "0"), ("--batch-size", "-8"),
+    ("--weight-decay", "-1e-3"), ("--label-smoothing", "nan"), ("--warmup-epochs", "-1"),
+    ("--patience", "0"), ("--dense-units", "0"), ("--lr", "ten"),
+])
+def test_numeric_flags_are_checked_before_any_work(flag, value, capsys):
+    import model_training
+
+    with pytest.raises(SystemExit) as exc:
+        model_training.parse_args([f"{flag}={value}"])  # "=": "-5" is not taken for a flag
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error: argument " in err and flag in err and value in err, err
+
+
+def test_nonfinite_loss_stops_with_an_error_and_keeps_the_good_model(arrays, tmp_path, monkeypatch):
+    """A diverging run stops at the first NaN loss, saves nothing from it and leaves the
+    previous good model in place; the next run that saves moves that model aside, not away."""
+    import keras
+
+    import training
+
+    args = ("--weights", "none", "--epochs", "1", "--steps-per-epoch", "2", "--fresh")
+    models = tmp_path / "models"
+    assert run_training(arrays, tmp_path, *args) == 0
+    good = {f.name: f.read_bytes() for f in models.glob("best_model.*")}
+    assert set(good) == {config.BEST_MODEL, "best_model.json"}
+
+    def nan_loss(y_true, y_pred):  # stands for any divergence (too high --lr, bad data)
+        return keras.ops.mean(y_pred) * float("nan")
+
+    def compile_nan(model, *_, **__):
+        model.compile(optimizer="sgd", loss=nan_loss, metrics=["accuracy"])
+
+    with monkeypatch.context() as m:
+        m.setattr(training, "compile_model", compile_nan)
+        with pytest.raises(UserError, match=r"training diverged: the loss became nan in epoch 1, batch 1"):
+            run_training(arrays, tmp_path, *args)
+    assert {f.name: f.read_bytes() for f in models.glob("best_model.*")} == good
+    assert not (models / config.PREVIOUS_MODELS_DIR).exists()
+    assert csv_epochs(tmp_path / "logs" / "t" / "phase1.csv") == []
+
+    assert run_training(arrays, tmp_path, *args) == 0
+    previous = models / config.PREVIOUS_MODELS_DIR
+    assert {f.name: f.read_bytes() for f in previous.glob("best_model.*")} == good
+    assert (models / config.BEST_MODEL).read_bytes() != good[config.BEST_MODEL]
+
+
+def test_epoch_logged_but_not_saved_is_not_logged_twice_after_resume(arrays, tmp_path):
+    """SIGKILL between the CSV row and the resume point of an epoch: that epoch runs again
+    on resume, and the CSV (and the curves) must still show it once."""
+    args = ("--weights", "none", "--epochs", "3", "--steps-per-epoch", "2")
+    proc = cli(arrays, tmp_path, *args, "--fresh")
+    for line in proc.stdout:
+        if "Epoch 2/3" in line:  # epoch 1 is saved; stop during epoch 2
+            proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    log = tmp_path / "logs" / "t" / "phase1.csv"
+    assert csv_epochs(log) == [0]
+    with open(log) as f:  # the row a kill right after epoch 2's CSV write leaves behind
+        header, row = f.read().splitlines()[:2]
+    log.write_text(f"{header}\n{row}\n1{row[row.index(','):]}\n")
+    assert csv_epochs(log) == [0, 1]
+    proc = cli(arrays, tmp_path, *args)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out
+    assert "resuming phase 1 at epoch 2 of 3" in out, out
+    assert csv_epochs(log) == [0, 1, 2]
