@@ -29,6 +29,7 @@ from artifacts import array_names, bytes_needed, write_dataset
 from common import (HelpFormatter, UserError, format_table, library_versions, number, printable, run_cli,
                     writable_folder)
 from folders import class_folders, decode_all
+import imaging
 from imaging import list_files
 
 
@@ -51,6 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=number(int, 0), default=config.SEED, help="random seed of the splits")
     p.add_argument("--drop-leaks", action="store_true",
                    help="remove from train the images that also occur (pixel-exact) in val or test")
+    p.add_argument("--max-megapixels", type=number(float, above=0, high=10_000),
+                   default=config.MAX_IMAGE_PIXELS / 1e6,
+                   help="refuse images larger than this when decoded (decompression bombs); big "
+                        "JPEGs decode at reduced size and rarely reach it")
     p.add_argument("--workers", type=number(int, 1, 256), default=os.cpu_count() or 1,
                    help="decoding processes")
     args = p.parse_args(argv)
@@ -245,6 +250,7 @@ def check_out_dir(out_dir: Path, n_files: int, image_size: int) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    imaging.set_max_pixels(args.max_megapixels * 1e6)  # before the workers fork: they inherit it
     started = time.time()
     data_dir = args.data_dir.expanduser().resolve()
     found = discover(data_dir)

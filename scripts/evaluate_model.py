@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 
 import config
+import imaging
 import tta
 from artifacts import Split
 from common import (HelpFormatter, UserError, atomic_write_bytes, atomic_write_json, format_table, import_tensorflow,
-                    library_versions, model_not_found, run_cli, sha256_file, utc_now)
+                    library_versions, model_not_found, number, run_cli, sha256_file, utc_now)
 from emotion_model import default_model_path, load_model, model_info, sidecar_path
 from eval_report import plot_confusion, plot_mistakes, print_report, write_tensorboard
 from evaluation import (check_count, check_model, compute_metrics, input_size, load_arrays, make_predictor,
@@ -92,6 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "and centre, each mirrored) and report both results side by side")
     r.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="decoding processes for --images")
+    r.add_argument("--max-megapixels", type=number(float, above=0, high=10_000),
+                   default=config.MAX_IMAGE_PIXELS / 1e6,
+                   help="--images: refuse images larger than this when decoded (decompression bombs)")
     args = p.parse_args(argv)
     if args.images is not None and args.split is not None:
         p.error("--split selects preprocessed arrays; --images evaluates the whole folder")
@@ -295,6 +299,7 @@ def prepare(path: Path, tag: str, folder, meta, datasets, where: str) -> Prepare
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    imaging.set_max_pixels(args.max_megapixels * 1e6)
     model_paths = [p.expanduser() for p in args.model]
     for p in model_paths:  # before the slow TensorFlow import
         if not p.is_file():

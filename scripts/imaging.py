@@ -15,12 +15,33 @@ from PIL import Image, ImageFile, ImageOps
 import config
 from common import first_line
 
-# Let PIL itself refuse bombs too (it raises above 2x this, warns above it; we make the
-# warning an error below).
-Image.MAX_IMAGE_PIXELS = config.MAX_IMAGE_PIXELS
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 warnings.simplefilter("error", Image.DecompressionBombWarning)
 EXIF_ORIENTATION = 0x0112
+# JPEG draft decoding shrinks each side up to 8 times, so a header up to 64 times the
+# decoded limit can still be legitimate; PIL's own check (a backstop behind ours) allows that.
+DRAFT_PIXEL_FACTOR = 64
+LIMIT_FLAG = "--max-megapixels"
+_max_pixels = config.MAX_IMAGE_PIXELS
+
+
+def set_max_pixels(pixels: int) -> None:
+    """The decoded-size limit of every image opened from now on (the scripts' --max-megapixels)."""
+    global _max_pixels
+    _max_pixels = int(pixels)
+    Image.MAX_IMAGE_PIXELS = _max_pixels * DRAFT_PIXEL_FACTOR
+
+
+def max_pixels() -> int:
+    return _max_pixels
+
+
+def too_large(width: int, height: int, limit: int) -> str:
+    return (f"{width}x{height} = {width * height / 1e6:.1f} megapixels, over the limit of {limit / 1e6:g}; "
+            f"{LIMIT_FLAG} raises it")
+
+
+set_max_pixels(config.MAX_IMAGE_PIXELS)
 
 
 class BadImage(Exception):
@@ -51,14 +72,13 @@ def list_files(folder: Path, hidden: list[Path] | None = None) -> list[Path]:
     return found
 
 
-def open_image(
-    path: Path, max_pixels: int = config.MAX_IMAGE_PIXELS, draft_size: int | None = None
-) -> Image.Image:
+def open_image(path: Path, max_pixels: int | None = None, draft_size: int | None = None) -> Image.Image:
     """Open, check limits, fully decode and apply EXIF orientation.
 
     `draft_size` lets JPEG decode at 1/2..1/8 scale when the result only needs to be
-    about that big, which makes large photos much cheaper. Raises BadImage for anything
-    that is not a usable image.
+    about that big on each side, which makes large photos much cheaper; the limit applies
+    to the decoded size, and `image.info["original_size"]` keeps the file's own (before
+    orientation). Raises BadImage for anything that is not a usable image.
     """
     try:
         size = os.stat(path).st_size
@@ -76,20 +96,20 @@ def open_image(
     # and its memory-mapped path scrambles uncompressed TIFFs whose orientation tag swaps
     # width and height (Pillow 13).
     with file:
-        return _decode(file, max_pixels, draft_size)
+        return _decode(file, _max_pixels if max_pixels is None else max_pixels, draft_size)
 
 
 def _decode(file, max_pixels: int, draft_size: int | None) -> Image.Image:
     try:
         image = Image.open(file)
+        original = image.size
+        if draft_size and image.format == "JPEG" and min(original) > 2 * draft_size:
+            image.draft(image.mode, (draft_size, draft_size))
         width, height = image.size
         if width * height > max_pixels:
-            raise BadImage(
-                f"image too large ({width}x{height} = {width * height:,} pixels > {max_pixels:,})"
-            )
-        if draft_size and image.format == "JPEG" and min(width, height) > 2 * draft_size:
-            image.draft(image.mode, (draft_size, draft_size))
+            raise BadImage(f"image too large ({too_large(*original, max_pixels)})")
         image.load()
+        image.info["original_size"] = original
         # exif_transpose copies even when there is nothing to do; only call it when needed.
         # (TIFF keeps orientation in its own tags, other formats in an "exif" block.)
         has_exif = "exif" in image.info or image.format in ("TIFF", "MPO")
@@ -98,7 +118,7 @@ def _decode(file, max_pixels: int, draft_size: int | None) -> Image.Image:
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadImage("image too large (decompression bomb)") from None
+        raise BadImage(f"image too large (decompression bomb; {LIMIT_FLAG} raises the limit)") from None
     except Image.UnidentifiedImageError:
         raise BadImage("not an image (format not recognised)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -106,6 +126,12 @@ def _decode(file, max_pixels: int, draft_size: int | None) -> Image.Image:
     except MemoryError:
         raise BadImage("image needs too much memory to decode") from None
     return image
+
+
+def decoded_scale(image: Image.Image) -> float:
+    """How many file pixels one decoded pixel spans (1.0 unless JPEG draft mode shrank it)."""
+    original = image.info.get("original_size")
+    return max(original) / max(image.size) if original else 1.0
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

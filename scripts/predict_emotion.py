@@ -50,7 +50,7 @@ import config
 import imaging
 import tta
 from classifiers import BACKENDS, KerasClassifier, choose_model, class_names_for, load_classifier  # noqa: F401
-from common import HelpFormatter, UserError, atomic_write_bytes, printable, run_cli
+from common import HelpFormatter, UserError, atomic_write_bytes, number, printable, run_cli, writable_folder
 DETECTORS = ("opencv", "mtcnn")  # faces.DETECTORS; repeated so that --help does not import cv2
 TOP_K = 3
 GLOB_CHARS = set("*?[")
@@ -109,6 +109,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tta", action="store_true",
                    help="photos: average each face's prediction over ten crops (corners, centre, "
                         "mirrored): a little more accurate, ten times the classifier work")
+    p.add_argument("--max-megapixels", type=number(float, above=0, high=10_000),
+                   default=config.MAX_IMAGE_PIXELS / 1e6,
+                   help="refuse images (and video frames) larger than this when decoded, against "
+                        "decompression bombs; big JPEGs decode at reduced size and rarely reach it")
     p.add_argument("--threads", type=int, default=None,
                    help="LiteRT CPU threads (default: all available cores)")
     args = p.parse_args(argv)
@@ -197,7 +201,10 @@ class Photo:
 
 def prepare(path: Path, args, image_size: int) -> tuple[Photo, list[np.ndarray]]:
     """Decode one file, find its faces and crop them; raises imaging.BadImage."""
-    image = imaging.open_image(path)
+    # Big JPEGs decode at a fraction of their size (faces need far less than 20 Mpx), except
+    # when annotating: the annotated copy keeps the photo's own resolution.
+    image = imaging.open_image(path, draft_size=None if args.annotate else config.DETECT_MAX_SIDE)
+    scale = imaging.decoded_scale(image)
     try:
         rgb = imaging.to_rgb(image)
     except (OSError, ValueError) as exc:
@@ -216,6 +223,8 @@ def prepare(path: Path, args, image_size: int) -> tuple[Photo, list[np.ndarray]]
         else:
             boxes, found, crops = [whole], False, [rgb]
     arrays = [imaging.gray_array(c, image_size) for c in crops]
+    if scale != 1.0:  # boxes in the file's pixels, whatever size it was decoded at
+        boxes = [tuple(round(v * scale) for v in box) for box in boxes]
     photo = Photo(path, boxes, found, rgb if args.annotate else None)
     return photo, arrays
 
@@ -367,6 +376,12 @@ def predict_video(args) -> int:
 
 def predict_photos(args) -> int:
     files = resolve_inputs(args.image_paths)
+    if args.annotate:  # before the model loads: a bad folder fails at once
+        writable_folder(args.annotate, "--annotate")
+        try:
+            args.annotate.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the --annotate folder {args.annotate}: {exc.strerror or exc}") from None
     backend, model_file, info_path = choose_model(args)
     start = time.perf_counter()
     classifier = load_classifier(backend, model_file, args.threads)
@@ -375,16 +390,11 @@ def predict_photos(args) -> int:
         import faces
 
         faces.load_detector(args.detector)
-    if args.annotate:
-        try:
-            args.annotate.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create the --annotate folder {args.annotate}: {exc.strerror or exc}") from None
     if len(files) > 1 or args.annotate:
         print(f"{len(files)} image(s), model {model_file} ({backend})", file=sys.stderr)
 
     writer = Writer(args)
-    failed = 0
+    failed = not_annotated = 0
     used_names: set[str] = set()
     pending: list[Photo] = []
     pending_arrays: list[np.ndarray] = []
@@ -405,7 +415,13 @@ def predict_photos(args) -> int:
             writer.write(records)
             if args.annotate:
                 image = draw_annotations(photo, records, class_names)
-                save_annotated(image, args.annotate, annotated_name(photo.path, used_names))
+                try:  # a full disk costs this copy, never the predictions
+                    save_annotated(image, args.annotate, annotated_name(photo.path, used_names))
+                except OSError as exc:
+                    nonlocal not_annotated
+                    not_annotated += 1
+                    _message(progress, f"error: {printable(photo.path)}: annotated copy not written "
+                                       f"({exc.strerror or exc})")
                 photo.image = None
         pending.clear()
         pending_arrays.clear()
@@ -431,8 +447,9 @@ def predict_photos(args) -> int:
         print(f"{done} of {len(files)} image(s) predicted in {time.perf_counter() - start:.1f} s"
               + (f"; {failed} could not be read" if failed else ""), file=sys.stderr)
     if args.annotate and done:
-        print(f"annotated images in {args.annotate}", file=sys.stderr)
-    return 1 if failed else 0
+        print(f"annotated images in {args.annotate}"
+              + (f"; {not_annotated} could not be written" if not_annotated else ""), file=sys.stderr)
+    return 1 if failed or not_annotated else 0
 
 
 def _progress(files: list[Path]):
@@ -452,6 +469,7 @@ def _message(progress, text: str) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    imaging.set_max_pixels(args.max_megapixels * 1e6)
     return predict_video(args) if args.video is not None else predict_photos(args)
 
 

@@ -81,10 +81,9 @@ def open_video(spec: str) -> VideoSource:
         name, is_camera = str(path), False
     width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
     height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    if width * height > config.MAX_IMAGE_PIXELS:
+    if width * height > imaging.max_pixels():
         capture.release()
-        raise UserError(f"{name}: frames of {width}x{height} exceed the limit of "
-                        f"{config.MAX_IMAGE_PIXELS:,} pixels")
+        raise UserError(f"{name}: frames too large ({imaging.too_large(width, height, imaging.max_pixels())})")
     fps = capture.get(cv2.CAP_PROP_FPS)
     fps = fps if math.isfinite(fps) and 0 < fps <= 1000 else 30.0
     count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if not is_camera else 0

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import config
 import imaging
 from conftest import BLOCKS, assert_dark_side, exif_with, save, top_dark
 
@@ -133,3 +134,24 @@ def test_exif_orientation_is_applied(tmp_path, name, kwargs):
         assert opened.size == ((32, 16) if orientation == 1 else (16, 32)), (name, orientation)
         assert_dark_side(np.asarray(imaging.to_gray(opened)), dark_side)
         assert_dark_side(imaging.load_gray(path, 16), dark_side)  # stretched to a square
+
+
+def test_pixel_limit_applies_to_the_decoded_size(tmp_path):
+    """The limit is on what gets decoded: a JPEG over it at full size is accepted when draft
+    mode shrinks it under, refused (naming size, limit and flag) when it cannot."""
+    path = tmp_path / "big.jpg"
+    save(path, np.kron(BLOCKS, np.ones((128, 128), dtype=np.uint8)), quality=90)  # 2048x2048
+    side = Image.open(path).size[0]
+    try:
+        imaging.set_max_pixels(side * side // 10)
+        with pytest.raises(imaging.BadImage, match=rf"{side}x{side} = .* megapixels, over the limit of "
+                                                   r".*; --max-megapixels raises it"):
+            imaging.open_image(path)
+        image = imaging.open_image(path, draft_size=side // 8)
+        assert image.size == (side // 8, side // 8)  # the smallest 1/2^k scale still >= draft size
+        assert image.info["original_size"] == (side, side) and imaging.decoded_scale(image) == 8
+        assert imaging.open_image(path, draft_size=side // 8 + 1).size == (side // 4, side // 4)
+        assert imaging.load_gray(path, 16).shape == (16, 16)  # load_gray drafts to its output size
+    finally:
+        imaging.set_max_pixels(config.MAX_IMAGE_PIXELS)
+    assert imaging.decoded_scale(imaging.open_image(path)) == 1

@@ -406,3 +406,63 @@ def test_fresh_clone_predicts_with_the_shipped_model(tmp_path):
     (record,) = json.loads(proc.stdout)
     assert record["face_found"] is True and record["emotion"] in config.CLASS_NAMES
     assert "using the shipped FER2013 model" in proc.stderr
+
+
+# ------------------------------------------------------------------------------ large photos, full disks
+
+def test_big_jpeg_is_decoded_small_and_boxes_stay_in_file_pixels(model_path, tmp_path, capsys):
+    """An 8000x8000 (64 Mpx) JPEG, over the 50 Mpx limit at full size: decoded at 1/4 scale
+    (2000x2000) rather than refused, and reported in the file's own pixels."""
+    path = tmp_path / "big.jpg"
+    Image.fromarray(face_like(1, 200)).resize((8000, 8000), Image.Resampling.NEAREST).save(path, quality=80)
+    assert 8000 * 8000 > config.MAX_IMAGE_PIXELS
+    code, out, err = predict(capsys, "--image_path", str(path), "--no-detect", "--json", *litert(model_path))
+    assert code == 0, err
+    (rec,) = json.loads(out)
+    assert rec["box"] == {"x": 0, "y": 0, "w": 8000, "h": 8000}
+    # Detection path: the face-like image fills the frame; any box found is within the file.
+    code, out, err = predict(capsys, "--image_path", str(path), "--json", *litert(model_path))
+    assert code == 0, err
+    for rec in json.loads(out):
+        b = rec["box"]
+        assert b["x"] + b["w"] <= 8000 and b["y"] + b["h"] <= 8000 and max(b["w"], b["h"]) > 1000
+
+
+def test_too_large_image_names_size_limit_and_flag(model_path, tmp_path, capsys):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_with_claimed_size(9000, 8000))
+    code, _, err = predict(capsys, "--image_path", str(bomb), "--no-detect", *litert(model_path))
+    assert code == 1
+    assert "9000x8000 = 72.0 megapixels, over the limit of 50; --max-megapixels raises it" in err, err
+    code, _, err = predict(capsys, "--image_path", str(bomb), "--no-detect", "--max-megapixels", "80",
+                           *litert(model_path))
+    assert code == 1 and "too large" not in err and "corrupt" in err, err  # past the limit: a fake body
+
+
+def test_annotate_failure_keeps_the_predictions_and_exits_1(model_path, crops, tmp_path, capsys, monkeypatch):
+    real_save = predict_emotion.save_annotated
+
+    def disk_full_for_crop4(image, out_dir, name):
+        if name.startswith("crop4"):
+            raise OSError(28, "No space left on device")
+        real_save(image, out_dir, name)
+
+    monkeypatch.setattr(predict_emotion, "save_annotated", disk_full_for_crop4)
+    out_dir = tmp_path / "ann"
+    code, out, err = predict(capsys, "--image_path", str(crops), "--no-detect", "--json", "--annotate",
+                             str(out_dir), *litert(model_path))
+    assert code == 1
+    assert len(json.loads(out)) == 6  # every prediction printed
+    (line,) = [x for x in err.splitlines() if "crop4" in x]
+    assert line.startswith("error:") and "annotated copy not written (No space left on device)" in line
+    assert sorted(p.name for p in out_dir.iterdir()) == [f"crop{i}.png" for i in (0, 1, 2, 3, 5)]
+
+
+def test_annotate_path_that_is_a_file_fails_before_the_model_loads(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    photo = tmp_path / "p.png"
+    Image.fromarray(face_like(0)).save(photo)
+    with pytest.raises(UserError, match=r"--annotate .*blocker is a file, not a folder"):
+        predict_emotion.main(["--image_path", str(photo), "--annotate", str(blocker),
+                              "--model", str(tmp_path / "no-model-needed-yet.keras")])
