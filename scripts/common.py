@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -76,7 +77,18 @@ def run_cli(main: Callable[[], int | None]) -> None:
     except KeyboardInterrupt:
         print("\ninterrupted: nothing half-written was left on disk.", file=sys.stderr)
         sys.exit(130)
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}; files are written atomically, so what was there "
+              "before is intact", file=sys.stderr)
+        sys.exit(1)
     sys.exit(code or 0)
+
+
+# Write failures a user can fix (free space, permissions): one line, not a traceback.
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
 
 
 def _raise_keyboard_interrupt(signum, frame):

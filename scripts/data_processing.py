@@ -322,7 +322,8 @@ def main(argv=None) -> int:
     try:
         meta = write_dataset(args.out_dir, arrays, labels, describe)
     except OSError as exc:
-        raise UserError(f"cannot write the arrays to {args.out_dir}: {exc.strerror or exc}; the previous "
+        reason = exc.strerror or f"{exc} (a short write: is the disk full?)"  # numpy's own OSError
+        raise UserError(f"cannot write the arrays to {args.out_dir}: {reason}; the previous "
                         "output there (if any) is unchanged") from None
     print_summary(meta, has_test, args.out_dir)
     return 0

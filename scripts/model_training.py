@@ -22,7 +22,7 @@ from pathlib import Path
 
 import config
 from artifacts import Split, load_split, read_meta
-from common import (HelpFormatter, UserError, cpu_description, import_tensorflow, number, onednn_enabled,
+from common import (DISK_ERRORS, HelpFormatter, UserError, cpu_description, import_tensorflow, number, onednn_enabled,
                     run_cli)
 from resume import Clock, ResumeState, settings_fingerprint
 
@@ -330,6 +330,12 @@ def main(argv=None) -> int:
         print(f"\ninterrupted: phase {state.get('phase', 1)}, {state.get('epoch', 0)} epoch(s) saved. Re-run "
               "the same command to resume (or add --fresh to start over).", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk while saving: the files saved before are whole (atomic writes)
+        if exc.errno not in DISK_ERRORS:
+            raise
+        raise UserError(f"cannot save {exc.filename or 'a checkpoint'}: {exc.strerror or exc}; "
+                        f"{state.get('epoch', 0)} epoch(s) of phase {state.get('phase', 1)} are saved: free "
+                        "some space and re-run the same command to resume") from None
     report(run, results)
     return 0
 
