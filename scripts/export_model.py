@@ -24,7 +24,7 @@ import numpy as np
 
 import config
 import emotion_model
-from common import HelpFormatter, UserError, check_gray_input, first_line, model_not_found, run_cli
+from common import HelpFormatter, UserError, check_gray_input, first_line, model_not_found, number, run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,9 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--models-dir", type=Path, default=config.MODELS_DIR, help="where the default model is looked for")
     p.add_argument("--check-samples", type=int, default=config.EXPORT_CHECK_SAMPLES,
                    help="random inputs on which LiteRT and Keras must agree")
-    p.add_argument("--tolerance", type=float, default=config.EXPORT_TOLERANCE,
+    p.add_argument("--tolerance", type=number(float, 0, 1), default=config.EXPORT_TOLERANCE,
                    help="largest allowed absolute difference of probabilities")
-    p.add_argument("--seed", type=int, default=config.SEED)
+    p.add_argument("--seed", type=number(int, 0), default=config.SEED)
     args = p.parse_args(argv)
     if args.check_samples < 1:
         p.error("--check-samples must be at least 1")

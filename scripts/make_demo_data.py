@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import config
-from common import HelpFormatter, UserError, run_cli
+from common import HelpFormatter, UserError, number, run_cli
 
 CANVAS = 96  # drawn at 2x, then downscaled: smoother lines
 
@@ -30,8 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-per-class", type=int, default=config.DEMO_TRAIN_PER_CLASS,
                    help="training images per emotion")
     p.add_argument("--test-per-class", type=int, default=config.DEMO_TEST_PER_CLASS, help="test images per emotion")
-    p.add_argument("--image-size", type=int, default=config.IMAGE_SIZE, help="side length in pixels")
-    p.add_argument("--seed", type=int, default=config.SEED)
+    p.add_argument("--image-size", type=number(int, 8, 512), default=config.IMAGE_SIZE, help="side length in pixels")
+    p.add_argument("--seed", type=number(int, 0), default=config.SEED)
     p.add_argument("--force", action="store_true", help="write into a non-empty --out-dir")
     args = p.parse_args(argv)
     if args.train_per_class < 1 or args.test_per_class < 0:

@@ -113,7 +113,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    default=config.MAX_IMAGE_PIXELS / 1e6,
                    help="refuse images (and video frames) larger than this when decoded, against "
                         "decompression bombs; big JPEGs decode at reduced size and rarely reach it")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=number(int, 1, 256), default=None,
                    help="LiteRT CPU threads (default: all available cores)")
     args = p.parse_args(argv)
     if args.batch_size < 1:

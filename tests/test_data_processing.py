@@ -697,3 +697,22 @@ def test_successful_subprocess_run_with_warnings(tmp_path, repo_root):
     assert "no test/ folder" in proc.stdout
     meta = artifacts.read_meta(out)
     assert meta["class_names"] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("script,flag,value", [
+    ("data_processing", "--val-fraction", "nan"), ("data_processing", "--max-megapixels", "0"),
+    ("data_processing", "--workers", "0"), ("data_processing", "--image-size", "4"),
+    ("export_model", "--tolerance", "nan"), ("export_model", "--tolerance", "-1"),
+    ("predict_emotion", "--max-megapixels", "inf"), ("predict_emotion", "--threads", "0"),
+    ("evaluate_model", "--max-megapixels", "-5"), ("make_demo_data", "--image-size", "100000"),
+])
+def test_numeric_flags_of_every_script_are_checked(script, flag, value, capsys):
+    import importlib
+
+    module = importlib.import_module(script)
+    argv = [f"{flag}={value}"] + (["--image_path", "x.jpg"] if script == "predict_emotion" else [])
+    with pytest.raises(SystemExit) as exc:
+        module.parse_args(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"error: argument {flag}: {value} is out of range" in err, err
