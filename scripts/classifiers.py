@@ -4,6 +4,7 @@ LiteRT, with the class names from the model's sidecar. Shared by photo and video
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 
 import config
 import emotion_model  # TF-free at import time: TensorFlow is only imported to load a .keras
-from common import UserError, check_gray_input, model_not_found
+from common import UserError, check_gray_input, model_not_found, sha256_file
 
 BACKENDS = ("auto", "litert", "keras")
 
@@ -39,10 +40,10 @@ def choose_model(args) -> tuple[str, Path, Path]:
     if args.backend == "litert":
         if not lite.is_file():
             raise UserError(f"no LiteRT model {lite}: create it with {export_hint}")
-        if model.is_file() and lite.stat().st_mtime < model.stat().st_mtime:
+        if not export_is_current(model, lite):
             print(f"warning: {lite} is older than {model}: re-export it with {export_hint}", file=sys.stderr)
         return "litert", lite, model
-    if lite.is_file() and (not model.is_file() or lite.stat().st_mtime >= model.stat().st_mtime):
+    if lite.is_file() and export_is_current(model, lite):
         return "litert", lite, model
     if not model.is_file():
         raise model_not_found(model)
@@ -50,6 +51,19 @@ def choose_model(args) -> tuple[str, Path, Path]:
         print(f"note: {lite} is older than {model}, using Keras (slower start); "
               f"refresh it with {export_hint}", file=sys.stderr)
     return "keras", model, model
+
+
+def export_is_current(model: Path, lite: Path) -> bool:
+    """Whether the .tflite was exported from this .keras: by file times, or, where those say
+    otherwise (a git checkout writes files in any order), by the checksum export_model.py
+    recorded in the sidecar."""
+    if not model.is_file() or lite.stat().st_mtime >= model.stat().st_mtime:
+        return True
+    try:
+        record = json.loads(emotion_model.sidecar_path(model).read_text(encoding="utf-8"))["litert_export"]
+        return record["file"] == lite.name and record["keras_sha256"] == sha256_file(model)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _model_or_export(model: Path) -> bool:

@@ -81,6 +81,7 @@ EVAL_DIR_NAME: str = "eval"  # models/eval/<model>-<split>/
 MISTAKES_SHOWN: int = 25  # evaluate_model.py --mistakes: the most confident mistakes drawn
 EXPORT_CHECK_SAMPLES: int = 8  # export_model.py: random inputs on which LiteRT and Keras must agree...
 EXPORT_TOLERANCE: float = 1e-3  # ...to within this absolute difference of probabilities
+EXPORT_TOLERANCE_FLOAT16: float = 2e-2  # ...or this, with --float16 weights (rounding to 11 bits)
 TTA_CROP_FRACTION: float = 0.9  # ten-crop TTA: crop side / image side (training zooms in up to 10%)
 FACE_MARGIN: float = 0.2  # fraction of the face box added on each side before cropping
 DETECT_MAX_SIDE: int = 1024  # photos are downscaled to this longest side for detection

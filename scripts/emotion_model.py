@@ -18,6 +18,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 import config
 from common import (UserError, atomic_write_json, first_line, import_tensorflow, library_versions, model_not_found,
                     utc_now)
@@ -212,24 +214,35 @@ def load_model(model_path: Path, compile: bool = False, float32: bool = True):
     return as_float32(model) if float32 else model
 
 
-def _float32_config(node):
-    """A model config with every mixed-precision dtype policy replaced by float32."""
+REDUCED_POLICIES = ("float16", "bfloat16")  # weights stored at half size (the shipped model)
+
+
+def _config_with_policy(node, name: str):
+    """A model config with every mixed-precision or reduced dtype policy replaced by `name`."""
     if isinstance(node, dict):
-        if node.get("class_name") == "DTypePolicy" and str(node.get("config", {}).get("name", "")).startswith("mixed"):
-            return "float32"
-        return {k: _float32_config(v) for k, v in node.items()}
+        policy = str(node.get("config", {}).get("name", ""))
+        if node.get("class_name") == "DTypePolicy" and (policy.startswith("mixed") or policy in REDUCED_POLICIES
+                                                         or name != "float32"):
+            return name
+        return {k: _config_with_policy(v, name) for k, v in node.items()}
     if isinstance(node, list):
-        return [_float32_config(v) for v in node]
+        return [_config_with_policy(v, name) for v in node]
     return node
 
 
+def with_policy(model, name: str):
+    """The same model rebuilt with every layer in dtype policy `name`, weights cast to it."""
+    clone = model.__class__.from_config(_config_with_policy(model.get_config(), name))
+    clone.set_weights([np.asarray(w).astype(v.dtype) for v, w in zip(clone.weights, model.get_weights())])
+    return clone
+
+
 def as_float32(model):
-    """The same model computing in float32 (weights are float32 under mixed precision anyway)."""
+    """The same model computing in float32 (weights are float32 under mixed precision anyway;
+    float16-stored weights are widened exactly)."""
     if all(getattr(layer, "compute_dtype", "float32") == "float32" for layer in _all_layers(model)):
         return model
-    clone = model.__class__.from_config(_float32_config(model.get_config()))
-    clone.set_weights(model.get_weights())
-    return clone
+    return with_policy(model, "float32")
 
 
 def _all_layers(model):

@@ -466,3 +466,57 @@ def test_annotate_path_that_is_a_file_fails_before_the_model_loads(tmp_path):
     with pytest.raises(UserError, match=r"--annotate .*blocker is a file, not a folder"):
         predict_emotion.main(["--image_path", str(photo), "--annotate", str(blocker),
                               "--model", str(tmp_path / "no-model-needed-yet.keras")])
+
+
+# ------------------------------------------------------------------------------ publishing (float16)
+
+def test_float16_publish_writes_a_checked_half_size_copy(model_path, tmp_path, capsys):
+    """export_model.py --float16 --out-dir --name: how models/pretrained/ is made. Both files
+    store float16 weights, load like any model of ours, and agree with the original."""
+    import export_model
+    import keras
+
+    from common import sha256_file
+    from litert_runtime import LiteRTClassifier
+
+    pub = tmp_path / "pub"
+    assert export_model.main(["--model", str(model_path), "--float16", "--out-dir", str(pub), "--name", "shipped",
+                              "--check-samples", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "max |keras - float16 keras|" in out and "max |keras - litert|" in out
+    assert sorted(p.name for p in pub.iterdir()) == ["shipped.json", "shipped.keras", "shipped.tflite"]
+    assert (pub / "shipped.keras").stat().st_size < 0.6 * model_path.stat().st_size
+    assert (pub / "shipped.tflite").stat().st_size < 0.6 * model_path.with_suffix(".tflite").stat().st_size
+    plain = keras.models.load_model(pub / "shipped.keras", safe_mode=True)  # as any Keras user would
+    assert {v.dtype for v in plain.weights} == {"float16"}
+    x = np.stack([face_like(s) for s in range(200, 216)])[..., None]  # raw uint8 pixels
+    original = predict_emotion.KerasClassifier(model_path).predict(x)
+    assert (np.asarray(plain.predict(x, verbose=0)).argmax(1) == original.argmax(1)).mean() >= 0.9
+    ours = predict_emotion.KerasClassifier(pub / "shipped.keras").predict(x)  # float32 compute
+    np.testing.assert_allclose(ours, original, atol=config.EXPORT_TOLERANCE_FLOAT16)
+    lite = LiteRTClassifier(pub / "shipped.tflite").predict(x)
+    np.testing.assert_allclose(lite, original, atol=config.EXPORT_TOLERANCE_FLOAT16)
+    info = json.loads((pub / "shipped.json").read_text())
+    assert info["weights"] == "float16" and info["class_names"] == list(config.CLASS_NAMES)
+    assert info["exported_from"]["sha256"] == sha256_file(model_path)
+    assert info["litert_export"]["keras_sha256"] == sha256_file(pub / "shipped.keras")
+
+
+def test_checkout_order_does_not_make_a_published_tflite_look_stale(model_path, tmp_path, capsys):
+    """git writes files in any order: a .tflite older than its .keras by file time is still
+    used when the sidecar's checksum says it was exported from that .keras."""
+    import shutil
+
+    for name in ("best_model.keras", "best_model.json", "best_model.tflite"):
+        shutil.copy(model_path.parent / name, tmp_path / name)
+    keras_file, lite = tmp_path / "best_model.keras", tmp_path / "best_model.tflite"
+    old = keras_file.stat().st_mtime - 100
+    os.utime(lite, (old, old))
+    args = predict_emotion.parse_args(["--image_path", "x", "--model", str(keras_file)])
+    assert predict_emotion.choose_model(args)[0] == "litert"
+    assert "older than" not in capsys.readouterr().err
+    info = json.loads((tmp_path / "best_model.json").read_text())
+    info["litert_export"]["keras_sha256"] = "0" * 64  # exported from another .keras
+    (tmp_path / "best_model.json").write_text(json.dumps(info))
+    assert predict_emotion.choose_model(args)[0] == "keras"
+    assert "older than" in capsys.readouterr().err
