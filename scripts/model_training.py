@@ -117,7 +117,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------- hardware
 
+# oneDNN instruction-set caps (ONEDNN_MAX_CPU_ISA) below its bfloat16 kernels: bf16 would be emulated.
+ISA_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
 def cpu_has_bf16() -> bool:
+    """bfloat16 instructions that oneDNN may use (not capped by ONEDNN_MAX_CPU_ISA)."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ISA_WITHOUT_BF16:
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

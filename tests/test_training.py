@@ -514,3 +514,15 @@ def test_epoch_logged_but_not_saved_is_not_logged_twice_after_resume(arrays, tmp
     assert proc.returncode == 0, out
     assert "resuming phase 1 at epoch 2 of 3" in out, out
     assert csv_epochs(log) == [0, 1, 2]
+
+
+def test_auto_precision_respects_a_onednn_isa_cap(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 (how a bf16 CPU emulates an AVX2-only one): bfloat16 would be
+    emulated, so auto precision must not pick it."""
+    import model_training
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert model_training.cpu_has_bf16() is False
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_bf16")
+    monkeypatch.setattr(model_training.Path, "read_text", lambda self: "flags : avx2 avx512f avx512_bf16")
+    assert model_training.cpu_has_bf16() is True
