@@ -177,7 +177,7 @@ def preprocess(images: Path, out: Path, *extra) -> None:
 def preprocessing_cases(work: Path) -> list[Case]:
     cases = []
     small = make_images(work / "small", 6)
-    big = make_images(work / "big", 800, size=160)  # about 2 s to decode: time to interrupt it
+    big = make_images(work / "big", 2000, size=160)  # 5 s or more to decode: time to interrupt it
 
     out = work / "pre"
     preprocess(small, out)
@@ -185,7 +185,7 @@ def preprocessing_cases(work: Path) -> list[Case]:
 
     c = Case("preprocess: Ctrl+C while decoding", {130})
     code, text, sent = run_until("data_processing.py", "--data-dir", big, "--out-dir", out, "--workers", 1,
-                                 sig=signal.SIGINT, after_s=0.8)
+                                 sig=signal.SIGINT, after_s=0.6)
     cases.append(record(c, code, text, arrays_intact(out, before),
                         "" if sent and "wrote" not in text else "signal too late: finished first"))
 
@@ -202,7 +202,7 @@ def preprocessing_cases(work: Path) -> list[Case]:
 
     for name, room in (("full disk, found before decoding", 0), ("full disk while writing", None)):
         c = Case(f"preprocess: {name}", {2})
-        with tmpfs("24m") as mount:
+        with tmpfs("64m") as mount:
             if mount is None:
                 c.skipped = "no tmpfs (needs root)"
                 cases.append(c)
