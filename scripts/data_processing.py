@@ -29,8 +29,7 @@ from artifacts import array_names, bytes_needed, write_dataset
 from common import (HelpFormatter, UserError, format_table, library_versions, number, printable, run_cli,
                     writable_folder)
 from folders import class_folders, decode_all
-import imaging
-from imaging import list_files
+from imaging import list_files, set_max_pixels
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -250,7 +249,7 @@ def check_out_dir(out_dir: Path, n_files: int, image_size: int) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    imaging.set_max_pixels(args.max_megapixels * 1e6)  # before the workers fork: they inherit it
+    set_max_pixels(args.max_megapixels * 1e6)  # before the workers fork: they inherit it
     started = time.time()
     data_dir = args.data_dir.expanduser().resolve()
     found = discover(data_dir)

@@ -214,15 +214,10 @@ def load_model(model_path: Path, compile: bool = False, float32: bool = True):
     return as_float32(model) if float32 else model
 
 
-REDUCED_POLICIES = ("float16", "bfloat16")  # weights stored at half size (the shipped model)
-
-
 def _config_with_policy(node, name: str):
-    """A model config with every mixed-precision or reduced dtype policy replaced by `name`."""
+    """A model config with every dtype policy (mixed, float16, ...) replaced by `name`."""
     if isinstance(node, dict):
-        policy = str(node.get("config", {}).get("name", ""))
-        if node.get("class_name") == "DTypePolicy" and (policy.startswith("mixed") or policy in REDUCED_POLICIES
-                                                         or name != "float32"):
+        if node.get("class_name") == "DTypePolicy":
             return name
         return {k: _config_with_policy(v, name) for k, v in node.items()}
     if isinstance(node, list):

@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", type=Path, default=None, help="the .keras model to export (default: "
                    "fine_tuned_model.keras in --models-dir if present, else best_model.keras)")
     p.add_argument("--models-dir", type=Path, default=config.MODELS_DIR, help="where the default model is looked for")
-    p.add_argument("--check-samples", type=int, default=config.EXPORT_CHECK_SAMPLES,
+    p.add_argument("--check-samples", type=number(int, 1, 10_000), default=config.EXPORT_CHECK_SAMPLES,
                    help="random inputs on which LiteRT and Keras must agree")
     p.add_argument("--tolerance", type=number(float, 0, 1), default=config.EXPORT_TOLERANCE,
                    help="largest allowed absolute difference of probabilities")
@@ -57,8 +57,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="store the weights as float16: files half the size; the allowed difference is then "
                      f"--tolerance or {config.EXPORT_TOLERANCE_FLOAT16:g}, whichever is larger")
     args = p.parse_args(argv)
-    if args.check_samples < 1:
-        p.error("--check-samples must be at least 1")
     if args.name is not None and (args.out_dir is None or not args.name or "/" in args.name or args.name[0] == "."):
         p.error("--name needs --out-dir and is a plain file name without a folder")
     return args
@@ -97,15 +95,12 @@ def check_inputs(size: int, samples: int, seed: int) -> np.ndarray:
     return x
 
 
-def difference(expected: np.ndarray, got: np.ndarray) -> tuple[float, bool]:
-    """Largest absolute difference of probabilities, and whether the top classes agree."""
+def check(what: str, expected: np.ndarray, got: np.ndarray, tolerance: float, not_written: str) -> float:
+    """Largest absolute difference of probabilities (returned); a UserError unless it is
+    within `tolerance` and the top classes agree."""
     if got.shape != expected.shape:
         raise UserError(f"exported model gives shape {got.shape}, Keras {expected.shape}")
-    return float(np.abs(got - expected).max()), bool((got.argmax(1) == expected.argmax(1)).all())
-
-
-def check(what: str, expected: np.ndarray, got: np.ndarray, tolerance: float, not_written: str) -> float:
-    diff, same_top = difference(expected, got)
+    diff, same_top = float(np.abs(got - expected).max()), bool((got.argmax(1) == expected.argmax(1)).all())
     print(f"check on {len(expected)} random inputs: max |keras - {what}| = {diff:.2e}, "
           f"top class {'identical' if same_top else 'DIFFERENT'}")
     if diff > tolerance or not same_top:
