@@ -68,6 +68,9 @@ REDUCE_LR_FACTOR: float = 0.5
 LR_SCHEDULE: str = "plateau"  # or "cosine" (see model_training.py --lr-schedule)
 DROPOUT: float = 0.0  # 0.5 made from-scratch VGG16-BN learn ~2.5x slower (demo data, measured)
 DENSE_UNITS: int = 256
+# Random-crop training: each training image is a random CROP_SIZE x CROP_SIZE window of the
+# face; the saved model takes the whole image and reads its centre crop (0: no cropping).
+CROP_SIZE: int = 0
 
 # Augmentation (applied to training batches only, never at evaluation).
 AUG_ROTATION_DEG: float = 10.0

@@ -52,7 +52,7 @@ def is_model_file(weights: str) -> bool:
     return weights == "fer2013" or Path(weights).suffix == ".keras"
 
 
-def saved_backbone(weights: str, image_size: int):
+def saved_backbone(weights: str, image_size: int, backbone_size: int | None = None):
     """The VGG16 backbone (with its trained weights) of a saved emotion model of ours."""
     path = Path(resolve_weights(weights)).expanduser()
     if not path.is_file():
@@ -71,7 +71,8 @@ def saved_backbone(weights: str, image_size: int):
     # A fresh backbone of the same layout (so it computes in this run's precision), then
     # the trained weights.
     with_bn = any(layer.name.endswith("_bn") for layer in trained.layers)
-    backbone = vgg16_bn_backbone(image_size) if with_bn else plain_vgg16(image_size)
+    new_side = backbone_size or image_size
+    backbone = vgg16_bn_backbone(new_side) if with_bn else plain_vgg16(new_side)
     backbone.set_weights(trained.get_weights())
     return backbone, saved
 
@@ -129,22 +130,30 @@ def vgg16_bn_backbone(image_size: int):
 
 
 def build_model(num_classes: int, image_size: int = config.IMAGE_SIZE, weights: str = config.WEIGHTS,
-                dense_units: int = config.DENSE_UNITS, dropout: float = config.DROPOUT):
-    """Raw (S, S, 1) pixels 0-255 -> class probabilities (float32 even under mixed precision)."""
+                dense_units: int = config.DENSE_UNITS, dropout: float = config.DROPOUT,
+                crop_size: int = config.CROP_SIZE):
+    """Raw (S, S, 1) pixels 0-255 -> class probabilities (float32 even under mixed precision).
+
+    With a crop_size, the model reads the centre crop_size x crop_size window of its input
+    (a CenterCrop layer): it was trained on random windows of that size (training.random_crops).
+    """
     import keras
     from keras import layers
 
     if image_size < 32:
         raise UserError(f"image size {image_size} is too small for VGG16 (at least 32)")
     inputs = keras.Input((image_size, image_size, 1), name="pixels")
-    x = layers.Concatenate(name="gray_to_rgb", dtype="float32")([inputs, inputs, inputs])
+    x = inputs
+    if crop_size:
+        x = layers.CenterCrop(crop_size, crop_size, name="center_crop", dtype="float32")(x)
+    x = layers.Concatenate(name="gray_to_rgb", dtype="float32")([x, x, x])
     x = layers.Normalization(mean=list(VGG_MEAN_BGR), variance=[1.0, 1.0, 1.0],
                              name="vgg16_preprocess", dtype="float32")(x)
     source = None
     if is_model_file(weights):
-        backbone, source = saved_backbone(weights, image_size)
+        backbone, source = saved_backbone(weights, image_size, crop_size or image_size)
     else:
-        backbone = vgg16_backbone(image_size, weights)
+        backbone = vgg16_backbone(crop_size or image_size, weights)
     backbone.name = BACKBONE_NAME
     x = backbone(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
@@ -269,6 +278,7 @@ def write_sidecar(model_path: Path, args, meta: dict, run_name: str, phase: int,
         "class_names": meta["class_names"],
         "image_size": meta["image_size"],
         "input": f"raw grayscale pixels 0-255, shape (N, {meta['image_size']}, {meta['image_size']}, 1)",
+        "crop_size": getattr(args, "crop_size", 0),
         "phase": phase,
         "best_val_accuracy": best_acc,
         "best_epoch": best_epoch,

@@ -97,6 +97,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="max zoom in/out, fraction")
     a.add_argument("--aug-shift", type=number(float, 0, below=1), default=config.AUG_SHIFT,
                    help="max shift, fraction of the side")
+    a.add_argument("--crop-size", type=number(int, 0), default=config.CROP_SIZE, metavar="PIXELS",
+                   help="train on random PIXELS x PIXELS crops of each image; the saved model still takes "
+                   "the whole image and reads its centre crop, and ten-crop TTA uses this size "
+                   "(0: no cropping; e.g. 40 for 48x48 FER2013)")
     a.add_argument("--aug-erasing", type=number(float, 0, 1), default=config.AUG_ERASING,
                    help="probability of erasing a random rectangle")
     h = p.add_argument_group("hardware")
@@ -232,7 +236,7 @@ def build_or_load(run: TrainingRun, phase: int, epochs: int) -> tuple[object, in
     if phase == 1:
         keras.utils.set_random_seed(args.seed)
         model = build_model(len(run.meta["class_names"]), run.meta["image_size"], args.weights,
-                            args.dense_units, args.dropout)
+                            args.dense_units, args.dropout, args.crop_size)
         if run.pretrained:
             set_backbone_trainable(model, 0)
     else:
@@ -265,7 +269,7 @@ def run_phase(run: TrainingRun, phase: int) -> tuple[Path, float, int | None]:
     n_classes = len(run.meta["class_names"])
     replicas = run.strategy.num_replicas_in_sync
     augmentation = Augmentation(args.aug_flip, args.aug_rotation, args.aug_zoom, args.aug_shift,
-                                args.aug_erasing) if args.augment else None
+                                args.aug_erasing, args.crop_size) if args.augment else None
     train_ds = make_dataset(run.train.x, run.train.y, args.batch_size, n_classes, seed, augmentation,
                             shuffle=True, replicas=replicas)
     val_ds = make_dataset(run.val.x, run.val.y, args.batch_size, n_classes, seed, replicas=replicas)
@@ -310,6 +314,9 @@ def main(argv=None) -> int:
     meta = read_meta(args.data_dir)
     train = load_split(args.data_dir, "train", meta)
     val = load_split(args.data_dir, "val", meta)
+    if args.crop_size and not 32 <= args.crop_size < meta["image_size"]:
+        raise UserError(f"--crop-size {args.crop_size} must be at least 32 and below the image size "
+                        f"{meta['image_size']} (or 0 for no cropping)")
     if len(train.y) == 0 or len(val.y) == 0:
         raise UserError(f"need training and validation images; got {len(train.y)} and {len(val.y)} "
                         "(re-run data_processing.py with a non-zero --val-fraction)")

@@ -25,6 +25,8 @@ def settings_fingerprint(args, meta: dict) -> str:
     """What must not change for an interrupted run to be resumed: settings and data."""
     chosen = {k: getattr(args, k) for k in RESUME_KEYS}
     chosen["aug"] = [args.aug_flip, args.aug_rotation, args.aug_zoom, args.aug_shift, args.aug_erasing]
+    if getattr(args, "crop_size", 0):  # absent from fingerprints of runs made before cropping existed
+        chosen["aug"].append(args.crop_size)
     chosen["data"] = meta["sha256"]
     return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

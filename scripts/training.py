@@ -35,24 +35,57 @@ class Augmentation:
     zoom: float = config.AUG_ZOOM
     shift: float = config.AUG_SHIFT
     erasing: float = config.AUG_ERASING
+    crop: int = config.CROP_SIZE  # random crop side (0: none), see random_crops
 
     def layers(self, seed: int):
-        """A Keras Sequential of preprocessing layers, or None when nothing is on."""
+        """A function (images, training=True) -> augmented images (geometry, random crop,
+        erasing, in that order), or None when nothing is on."""
         from keras import layers
 
-        steps = []
+        geometry = []
         if self.flip:
-            steps.append(layers.RandomFlip("horizontal", seed=seed))
+            geometry.append(layers.RandomFlip("horizontal", seed=seed))
         if self.rotation_deg > 0:
-            steps.append(layers.RandomRotation(self.rotation_deg / 360.0, fill_mode="reflect", seed=seed))
+            geometry.append(layers.RandomRotation(self.rotation_deg / 360.0, fill_mode="reflect", seed=seed))
         if self.zoom > 0:
-            steps.append(layers.RandomZoom(self.zoom, fill_mode="reflect", seed=seed))
+            geometry.append(layers.RandomZoom(self.zoom, fill_mode="reflect", seed=seed))
         if self.shift > 0:
-            steps.append(layers.RandomTranslation(self.shift, self.shift, fill_mode="reflect", seed=seed))
-        if self.erasing > 0:
-            steps.append(layers.RandomErasing(factor=self.erasing, scale=(0.02, 0.15), value_range=(0, 255),
-                                              seed=seed))
-        return keras.Sequential(steps, name="augment") if steps else None
+            geometry.append(layers.RandomTranslation(self.shift, self.shift, fill_mode="reflect", seed=seed))
+        erase = layers.RandomErasing(factor=self.erasing, scale=(0.02, 0.15), value_range=(0, 255),
+                                     seed=seed) if self.erasing > 0 else None
+        if not geometry and not self.crop and erase is None:
+            return None
+        geometry = keras.Sequential(geometry, name="augment") if geometry else None
+
+        def augment(images, training=True):
+            if geometry is not None:
+                images = geometry(images, training=training)
+            if self.crop:
+                images = random_crops(images, self.crop, seed)
+            if erase is not None:
+                images = erase(images, training=training)
+            return images
+
+        return augment
+
+
+def random_crops(images, crop: int, seed: int):
+    """A random crop x crop window of each image of a (B, S, S, C) batch, put back at the
+    centre of an S x S zero canvas: the model's CenterCrop layer then reads exactly that
+    window, so training sees random crops while the saved model takes whole images."""
+    import tensorflow as tf
+
+    size = images.shape[1]
+    batch = tf.shape(images)[0]
+    starts = tf.random.uniform((batch, 2), 0, size - crop + 1, dtype=tf.int32, seed=seed)
+    window = tf.range(crop)
+    rows = starts[:, :1] + window  # (B, crop)
+    cols = starts[:, 1:] + window
+    out = tf.gather(images, rows, axis=1, batch_dims=1)
+    out = tf.gather(out, cols, axis=2, batch_dims=1)
+    before = (size - crop) // 2  # where keras.layers.CenterCrop starts
+    after = size - crop - before
+    return tf.pad(out, [[0, 0], [before, after], [before, after], [0, 0]])
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
