@@ -11,12 +11,12 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
-	@# The modules of scripts/ on the venv's import path, so bench/ imports them by name.
-	$(PY) -c 'import pathlib, site; pathlib.Path(site.getsitepackages()[0], "emotion_scripts.pth").write_text("$(CURDIR)/scripts\n")'
+	@# The package fervgg (src/), editable: scripts, tests and bench import it.
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 test: install
@@ -72,7 +72,7 @@ recipe-gpu: install
 	$(PY) scripts/evaluate_model.py --split test --tta
 
 lint: install
-	$(PY) -m ruff check scripts tests bench
+	$(PY) -m ruff check src scripts tests bench
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -32,11 +32,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
 
-import artifacts  # noqa: E402
-import config  # noqa: E402
-from common import cpu_description, format_table  # noqa: E402
+from fervgg import artifacts
+from fervgg import config
+from fervgg.common import cpu_description, format_table
 
 SHARED_VIDEO = ROOT.parent / "shared" / "videos" / "single_face.mp4"
 TINY_TRAINING = ["--weights", "none", "--epochs", "3", "--steps-per-epoch", "2", "--batch-size", "8",

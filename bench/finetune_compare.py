@@ -32,11 +32,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
 
-import config  # noqa: E402
-from common import cpu_description, format_table  # noqa: E402
-from imaging import list_files  # noqa: E402
+from fervgg import config
+from fervgg.common import cpu_description, format_table
+from fervgg.imaging import list_files
 
 GROUPS = {"positive": ("happy", "surprise"), "negative": ("angry", "disgust", "fear", "sad"),
           "neutral": ("neutral",)}

@@ -30,12 +30,12 @@ import zipfile
 from pathlib import Path
 
 
-import config
-import tta
-from common import HelpFormatter, UserError, atomic_write_bytes, import_tensorflow, run_cli
-from emotion_model import default_model_path, load_model, model_info
-from evaluation import compute_metrics, input_size, make_predictor, model_classes, output_count, predict
-from folders import ImageFolder
+from fervgg import config
+from fervgg import tta
+from fervgg.common import HelpFormatter, UserError, atomic_write_bytes, import_tensorflow, run_cli
+from fervgg.emotion_model import default_model_path, load_model, model_info
+from fervgg.evaluation import compute_metrics, input_size, make_predictor, model_classes, output_count, predict
+from fervgg.folders import ImageFolder
 
 ROOT = Path(__file__).resolve().parent.parent
 

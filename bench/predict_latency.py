@@ -34,21 +34,16 @@ SHARED = ROOT.parent / "shared"
 def build_model(folder: Path) -> Path:
     """An untrained 48x48 model + sidecar + .tflite, built in a subprocess-free way."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import config
-    import emotion_model
-    import export_model
-    from common import atomic_write_json
+    from fervgg import config
+    from fervgg import emotion_model
+    from fervgg.common import atomic_write_json
 
     path = folder / config.BEST_MODEL
     model = emotion_model.build_model(len(config.CLASS_NAMES), 48, "none")
     model.save(path)
     atomic_write_json(path.with_suffix(".json"), {"class_names": list(config.CLASS_NAMES), "image_size": 48})
-    with open(os.devnull, "w") as quiet:
-        stdout, sys.stdout = sys.stdout, quiet
-        try:
-            export_model.main(["--model", str(path), "--check-samples", "2"])
-        finally:
-            sys.stdout = stdout
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "export_model.py"), "--model", str(path),
+                    "--check-samples", "2"], check=True, stdout=subprocess.DEVNULL)
     return path
 
 

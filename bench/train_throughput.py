@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-import config
+from fervgg import config
 
 
 def timed_fit(model, dataset, steps: int, warmup: int, batch: int) -> float:
@@ -43,8 +43,8 @@ def timed_fit(model, dataset, steps: int, warmup: int, batch: int) -> float:
 def fresh_model(precision: str, n_classes: int, size: int):
     import keras
 
-    from emotion_model import build_model
-    from training import compile_model
+    from fervgg.emotion_model import build_model
+    from fervgg.training import compile_model
 
     keras.mixed_precision.set_global_policy(precision)
     model = build_model(n_classes, size, "none")
@@ -82,20 +82,20 @@ def main() -> None:
     p.add_argument("--child", metavar="PRECISION", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:  # one measurement for onednn_child(): "<img/s> <oneDNN on|off>"
-        from common import import_tensorflow, onednn_enabled
+        from fervgg.common import import_tensorflow, onednn_enabled
 
         import_tensorflow()
         rate = bare_rate(args.child, args.steps, args.warmup, args.batch_size)
         print(f"{rate:.2f} {'on' if onednn_enabled() else 'off'}")
         return
 
-    from common import cpu_description, import_tensorflow, onednn_enabled
+    from fervgg.common import cpu_description, import_tensorflow, onednn_enabled
 
     import_tensorflow()
     import tensorflow as tf
 
     from model_training import cpu_has_bf16
-    from training import Augmentation, make_dataset
+    from fervgg.training import Augmentation, make_dataset
 
     size, n_classes, batch = config.IMAGE_SIZE, len(config.CLASS_NAMES), args.batch_size
     rng = np.random.default_rng(0)

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import cv2
 
-import config
-import video_analysis as video
-from classifiers import class_names_for, load_classifier
-from common import cpu_description
+from fervgg import config
+from fervgg import video_analysis as video
+from fervgg.classifiers import class_names_for, load_classifier
+from fervgg.common import cpu_description
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-import config
-from artifacts import array_names, bytes_needed, write_dataset
-from common import (HelpFormatter, UserError, format_table, library_versions, number, printable, run_cli,
+from fervgg import config
+from fervgg.artifacts import array_names, bytes_needed, write_dataset
+from fervgg.common import (HelpFormatter, UserError, format_table, library_versions, number, printable, run_cli,
                     writable_folder)
-from folders import class_folders, decode_all
-from imaging import list_files, set_max_pixels
+from fervgg.folders import class_folders, decode_all
+from fervgg.imaging import list_files, set_max_pixels
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -22,17 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-import config
-import imaging
-import tta
-from artifacts import Split
-from common import (HelpFormatter, UserError, atomic_write_bytes, atomic_write_json, format_table, import_tensorflow,
-                    library_versions, model_not_found, number, run_cli, sha256_file, utc_now)
-from emotion_model import default_model_path, load_model, model_info, sidecar_path
-from eval_report import plot_confusion, plot_mistakes, print_report, write_tensorboard
-from evaluation import (check_count, check_model, compute_metrics, input_size, load_arrays, make_predictor,
+from fervgg import config
+from fervgg import imaging
+from fervgg import tta
+from fervgg.artifacts import Split
+from fervgg.common import (HelpFormatter, UserError, atomic_write_bytes, atomic_write_json, format_table,
+                           import_tensorflow, library_versions, model_not_found, number, run_cli, sha256_file, utc_now)
+from fervgg.emotion_model import default_model_path, load_model, model_info, sidecar_path
+from fervgg.eval_report import plot_confusion, plot_mistakes, print_report, write_tensorboard
+from fervgg.evaluation import (check_count, check_model, compute_metrics, input_size, load_arrays, make_predictor,
                         model_classes, most_confident_mistakes, output_count, predict)
-from folders import ImageFolder
+from fervgg.folders import ImageFolder
 
 SPLIT_CHOICES = ("val", "test", "both")
 METRICS_FILE = "metrics.json"

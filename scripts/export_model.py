@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-import config
-import emotion_model
-from common import (HelpFormatter, UserError, atomic_save_keras, atomic_write_json, check_gray_input, first_line,
+from fervgg import config
+from fervgg import emotion_model
+from fervgg.common import (HelpFormatter, UserError, atomic_save_keras, atomic_write_json, check_gray_input, first_line,
                     model_not_found, number, run_cli, sha256_file, utc_now, writable_folder)
 
 
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
             raise
         except Exception as exc:
             raise UserError(f"LiteRT conversion of {model_path} failed: {first_line(exc)}") from None
-        from litert_runtime import LiteRTClassifier
+        from fervgg.litert_runtime import LiteRTClassifier
 
         diff = check("litert", expected, LiteRTClassifier(staging).predict(x), tolerance, str(out))
         os.replace(staging, out)

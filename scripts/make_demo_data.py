@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-import config
-from common import HelpFormatter, UserError, number, run_cli
+from fervgg import config
+from fervgg.common import HelpFormatter, UserError, number, run_cli
 
 CANVAS = 96  # drawn at 2x, then downscaled: smoother lines
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import config
-from artifacts import Split, load_split, read_meta
-from common import (DISK_ERRORS, HelpFormatter, UserError, cpu_description, import_tensorflow, number, onednn_enabled,
-                    run_cli)
-from resume import Clock, ResumeState, settings_fingerprint
+from fervgg import config
+from fervgg.artifacts import Split, load_split, read_meta
+from fervgg.common import (DISK_ERRORS, HelpFormatter, UserError, cpu_description, import_tensorflow, number,
+                           onednn_enabled, run_cli)
+from fervgg.resume import Clock, ResumeState, settings_fingerprint
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,6 +46,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "file, 'fer2013' (the model shipped in models/pretrained/: its backbone, a new head "
                    "for your classes; offline), a .keras model of ours to start from likewise, or "
                    "'none' to train from scratch (VGG16 with batch norm, one phase)")
+    m.add_argument("--initial-model", type=Path, default=None, metavar="KERAS",
+                   help="with --weights none: start from every weight of this model of ours (same classes "
+                   "and layout; 'fer2013' = the shipped model) and train all layers in one phase, e.g. a "
+                   "new learning-rate cycle")
     m.add_argument("--dense-units", type=number(int, 1), default=config.DENSE_UNITS,
                    help="units of the head's hidden layer")
     m.add_argument("--dropout", type=number(float, 0, below=1), default=config.DROPOUT,
@@ -116,6 +120,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.weights.lower() in ("none", "imagenet", "fer2013"):
         args.weights = args.weights.lower()
+    if args.initial_model is not None:
+        if args.weights != "none":
+            p.error("--initial-model needs --weights none (it replaces the starting weights)")
+        if str(args.initial_model) == "fer2013":
+            args.initial_model = Path(config.PRETRAINED_MODEL)
     return args
 
 
@@ -224,8 +233,8 @@ def build_or_load(run: TrainingRun, phase: int, epochs: int) -> tuple[object, in
     """The phase's model, compiled, and the epoch it starts at (a resume point's, or 0)."""
     import keras
 
-    from emotion_model import build_model, load_model, set_backbone_trainable
-    from training import compile_model
+    from fervgg.emotion_model import build_model, load_model, set_backbone_trainable
+    from fervgg.training import compile_model
 
     args, state = run.args, run.state
     if state.get("phase") == phase and state.get("model_file"):
@@ -237,6 +246,8 @@ def build_or_load(run: TrainingRun, phase: int, epochs: int) -> tuple[object, in
         keras.utils.set_random_seed(args.seed)
         model = build_model(len(run.meta["class_names"]), run.meta["image_size"], args.weights,
                             args.dense_units, args.dropout, args.crop_size)
+        if args.initial_model is not None:
+            copy_weights(load_model(args.initial_model), model, args.initial_model)
         if run.pretrained:
             set_backbone_trainable(model, 0)
     else:
@@ -247,9 +258,21 @@ def build_or_load(run: TrainingRun, phase: int, epochs: int) -> tuple[object, in
     return model, 0
 
 
+def copy_weights(source, model, path: Path) -> None:
+    """Every weight of `source` into `model` (same layout; a crop layer has no weights)."""
+    import numpy as np
+
+    theirs, ours = source.get_weights(), model.weights
+    if len(theirs) != len(ours) or any(tuple(w.shape) != tuple(v.shape) for w, v in zip(theirs, ours)):
+        raise UserError(f"--initial-model {path} has another layout than this run's model (classes, "
+                        "--dense-units, backbone): it cannot be continued")
+    model.set_weights([np.asarray(w).astype(v.dtype) for w, v in zip(theirs, ours)])
+    print(f"starting from every weight of {path}")
+
+
 def run_phase(run: TrainingRun, phase: int) -> tuple[Path, float, int | None]:
     """Train one phase to its best checkpoint; returns (model path, best val acc, best epoch)."""
-    from training import Augmentation, class_weights, deferred_interrupts, make_dataset, phase_callbacks
+    from fervgg.training import Augmentation, class_weights, deferred_interrupts, make_dataset, phase_callbacks
 
     args = run.args
     model_path = args.models_dir / (config.FINE_TUNED_MODEL if phase == 2 else config.BEST_MODEL)
@@ -287,7 +310,7 @@ def run_phase(run: TrainingRun, phase: int) -> tuple[Path, float, int | None]:
 
 def train_phases(run: TrainingRun) -> dict[int, tuple[Path, float, int]]:
     """Each phase not done yet, its sidecar written when it ends; {phase: (path, acc, epoch)}."""
-    from emotion_model import write_sidecar
+    from fervgg.emotion_model import write_sidecar
 
     results = {}
     for phase in run.phases():
@@ -355,7 +378,7 @@ def main(argv=None) -> int:
 
 
 def report(run: TrainingRun, results: dict) -> None:
-    from training import plot_curves
+    from fervgg.training import plot_curves
 
     run.resume.clear()
     curves = plot_curves(run.run_dir)

@@ -46,11 +46,11 @@ from pathlib import Path
 
 import numpy as np
 
-import config
-import imaging
-import tta
-from classifiers import BACKENDS, KerasClassifier, choose_model, class_names_for, load_classifier  # noqa: F401
-from common import HelpFormatter, UserError, atomic_write_bytes, number, printable, run_cli, writable_folder
+from fervgg import config
+from fervgg import imaging
+from fervgg import tta
+from fervgg.classifiers import BACKENDS, KerasClassifier, choose_model, class_names_for, load_classifier  # noqa: F401
+from fervgg.common import HelpFormatter, UserError, atomic_write_bytes, number, printable, run_cli, writable_folder
 DETECTORS = ("opencv", "mtcnn")  # faces.DETECTORS; repeated so that --help does not import cv2
 TOP_K = 3
 GLOB_CHARS = set("*?[")
@@ -214,7 +214,7 @@ def prepare(path: Path, args, image_size: int) -> tuple[Photo, list[np.ndarray]]
     if args.no_detect:
         boxes, found, crops = [whole], None, [rgb]
     else:
-        import faces
+        from fervgg import faces
 
         boxes = faces.detect_faces(rgb, args.detector)
         if boxes:
@@ -356,13 +356,13 @@ def save_annotated(image, out_dir: Path, name: str) -> None:
 # ------------------------------------------------------------------------------ main
 
 def predict_video(args) -> int:
-    import video_analysis as video
+    from fervgg import video_analysis as video
 
     source = video.open_video(args.video)  # a bad source fails before the model loads
     backend, model_file, info_path = choose_model(args)
     classifier = load_classifier(backend, model_file, args.threads)
     class_names = class_names_for(info_path, classifier)
-    import faces
+    from fervgg import faces
 
     faces.load_detector(args.detector)
     output = "json" if args.json else "jsonl" if args.jsonl else "csv" if args.csv else None
@@ -387,7 +387,7 @@ def predict_photos(args) -> int:
     classifier = load_classifier(backend, model_file, args.threads)
     class_names = class_names_for(info_path, classifier)
     if not args.no_detect:
-        import faces
+        from fervgg import faces
 
         faces.load_detector(args.detector)
     if len(files) > 1 or args.annotate:

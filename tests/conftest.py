@@ -1,11 +1,13 @@
-"""Shared test set-up and helpers. The modules of scripts/ are importable as top-level
-modules through pytest.ini's `pythonpath = scripts`."""
+"""Shared test set-up and helpers. Tests import the package `fervgg`; the command-line
+scripts of scripts/ (entry points, not a package) are loaded by path with `script()`."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +15,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import imaging
+from fervgg import imaging
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def script(name: str):
+    """scripts/<name>.py as a module (loaded once), to call its main(argv) in-process."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 # Keep TensorFlow (if a test imports it) quiet and on the CPU.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -84,11 +96,11 @@ class TinyModel:
 def tiny_model(tmp_path_factory) -> TinyModel:
     """An untrained VGG16 layout (48x48, random weights) with a sharpened head, so that
     different inputs get different top classes; saved, with sidecar, and exported."""
-    import config
-    import emotion_model
-    import export_model
+    from fervgg import config
+    from fervgg import emotion_model
+    export_model = script("export_model")
     import keras
-    from common import atomic_write_json
+    from fervgg.common import atomic_write_json
 
     models = tmp_path_factory.mktemp("models")
     path = models / config.BEST_MODEL

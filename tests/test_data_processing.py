@@ -22,14 +22,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import artifacts
-import common
-import config
-import data_processing
-import folders
-import imaging
-from common import UserError
-from conftest import assert_dark_side, exif_with, save, top_dark
+from fervgg import artifacts
+from fervgg import common
+from fervgg import config
+from fervgg import folders
+from fervgg import imaging
+from fervgg.common import UserError
+from conftest import script, assert_dark_side, exif_with, save, top_dark
+
+data_processing = script("data_processing")
 
 # As outside pytest: imaging.py makes PIL's bomb warning an error when imported, but pytest
 # resets warning filters around each test.
@@ -707,9 +708,9 @@ def test_successful_subprocess_run_with_warnings(tmp_path, repo_root):
     ("evaluate_model", "--max-megapixels", "-5"), ("make_demo_data", "--image-size", "100000"),
 ])
 def test_numeric_flags_of_every_script_are_checked(script, flag, value, capsys):
-    import importlib
+    import conftest
 
-    module = importlib.import_module(script)
+    module = conftest.script(script)
     argv = [f"{flag}={value}"] + (["--image_path", "x.jpg"] if script == "predict_emotion" else [])
     with pytest.raises(SystemExit) as exc:
         module.parse_args(argv)

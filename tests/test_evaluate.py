@@ -18,12 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import script
 from PIL import Image
 
 
-import data_processing
-import evaluate_model
-from common import UserError
+from fervgg.common import UserError
+
+data_processing = script("data_processing")
+evaluate_model = script("evaluate_model")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,7 +101,7 @@ def env(tmp_path_factory) -> dict:
     """Image folder -> arrays (data_processing.main) and the models, built once."""
     import keras
 
-    from emotion_model import build_model
+    from fervgg.emotion_model import build_model
 
     base = tmp_path_factory.mktemp("eval")
     images = base / "images"
@@ -180,7 +183,7 @@ def test_metrics_match_scikit_learn(env, tta_run):
 
 
 def test_metrics_json_records_model_settings_and_both_tta_results(env, tta_run):
-    from common import sha256_file
+    from fervgg.common import sha256_file
 
     doc = tta_run["metrics"]
     model = env["models"] / "best_model.keras"

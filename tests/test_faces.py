@@ -3,10 +3,13 @@ data's drawn faces are faces to OpenCV's Haar cascades."""
 
 import numpy as np
 import pytest
+
+from conftest import script
 from PIL import Image
 
-import faces
-import make_demo_data
+from fervgg import faces
+
+make_demo_data = script("make_demo_data")
 
 
 def canvas_with(faces_at: list[tuple[str, int, int, int]], size=(640, 400)) -> Image.Image:

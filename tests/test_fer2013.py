@@ -6,8 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import script
 
-import data_processing
+data_processing = script("data_processing")
+
+
 
 ROOT = Path(__file__).resolve().parent.parent
 FER = ROOT.parent / "shared" / "fer2013"

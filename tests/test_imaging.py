@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import config
-import imaging
+from fervgg import config
+from fervgg import imaging
 from conftest import BLOCKS, assert_dark_side, exif_with, save, top_dark
 
 # As outside pytest: imaging.py makes PIL's bomb warning an error when imported, but pytest

@@ -3,13 +3,13 @@
 
 import pytest
 
-import emotion_model
-from common import UserError
-from conftest import BLOCKS, save
+from fervgg import emotion_model
+from fervgg.common import UserError
+from conftest import script, BLOCKS, save
 
 
 def test_a_folder_is_named_as_a_folder(tmp_path):
-    import predict_emotion
+    predict_emotion = script("predict_emotion")
 
     with pytest.raises(UserError, match="is a folder: pass the model file in it"):
         emotion_model.load_model(tmp_path)
@@ -41,7 +41,7 @@ def test_a_lambda_layer_model_is_refused_without_advertising_the_override(tmp_pa
 def test_a_damaged_sidecar_is_one_line_error_in_predict(tiny_model, tmp_path, content):
     import shutil
 
-    import predict_emotion
+    predict_emotion = script("predict_emotion")
 
     model = tmp_path / "m.keras"
     shutil.copy(tiny_model.path, model)
@@ -53,8 +53,8 @@ def test_a_damaged_sidecar_is_one_line_error_in_predict(tiny_model, tmp_path, co
 
 def test_newlines_in_file_names_do_not_break_output_lines(tiny_model, tmp_path, capsys):
     """Issue 14, point 16: one output line per face and per bad file, whatever the name."""
-    import data_processing
-    import predict_emotion
+    data_processing = script("data_processing")
+    predict_emotion = script("predict_emotion")
 
     folder = tmp_path / "photos"
     save(folder / "two\nlines.png", BLOCKS)

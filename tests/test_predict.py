@@ -23,11 +23,12 @@ import pytest
 from PIL import Image
 
 
-import config
-import faces
-import predict_emotion
-from common import UserError
-from conftest import face_like
+from fervgg import config
+from fervgg import faces
+from fervgg.common import UserError
+from conftest import script, face_like
+
+predict_emotion = script("predict_emotion")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,7 +74,7 @@ def litert(model_path: Path) -> list[str]:
 # ------------------------------------------------------------------------------ export
 
 def test_litert_and_keras_agree(model_path):
-    from litert_runtime import LiteRTClassifier
+    from fervgg.litert_runtime import LiteRTClassifier
 
     keras_clf = predict_emotion.KerasClassifier(model_path)
     lite = LiteRTClassifier(model_path.with_suffix(".tflite"))
@@ -92,7 +93,7 @@ def test_litert_and_keras_agree(model_path):
 
 
 def test_export_errors_are_one_line(tmp_path, capsys):
-    import export_model
+    export_model = script("export_model")
 
     with pytest.raises(UserError, match="model not found"):
         export_model.main(["--model", str(tmp_path / "nope.keras")])
@@ -173,7 +174,7 @@ def test_faces_on_real_photos(model_path, capsys):
 
 @needs_photos
 def test_detector_on_every_shared_photo():
-    import imaging
+    from fervgg import imaging
 
     expected = {"obama.jpg": 1, "biden.jpg": 1, "obama-240p.jpg": 1, "32bit.png": 1,
                 "two_people.jpg": 2, "obama_partial_face.jpg": 1}
@@ -247,15 +248,15 @@ def test_folder_glob_json_and_csv_without_detection(model_path, crops, capsys):
     assert {r["face_found"] for r in rows} == {""}
 
     # The same pixels as the in-memory model call: the CLI adds nothing to the input.
-    from litert_runtime import LiteRTClassifier
+    from fervgg.litert_runtime import LiteRTClassifier
 
     probs = LiteRTClassifier(model_path.with_suffix(".tflite")).predict(np.stack([face_like(i) for i in range(6)]))
     assert [r["emotion"] for r in records] == [config.CLASS_NAMES[k] for k in probs.argmax(1)]
 
 
 def test_tta_averages_ten_crops_of_each_face(model_path, crops, capsys):
-    import tta
-    from litert_runtime import LiteRTClassifier
+    from fervgg import tta
+    from fervgg.litert_runtime import LiteRTClassifier
 
     code, out, _ = predict(capsys, "--image_path", str(crops), "--no-detect", "--json", "--tta", *litert(model_path))
     assert code == 0
@@ -473,11 +474,11 @@ def test_annotate_path_that_is_a_file_fails_before_the_model_loads(tmp_path):
 def test_float16_publish_writes_a_checked_half_size_copy(model_path, tmp_path, capsys):
     """export_model.py --float16 --out-dir --name: how models/pretrained/ is made. Both files
     store float16 weights, load like any model of ours, and agree with the original."""
-    import export_model
+    export_model = script("export_model")
     import keras
 
-    from common import sha256_file
-    from litert_runtime import LiteRTClassifier
+    from fervgg.common import sha256_file
+    from fervgg.litert_runtime import LiteRTClassifier
 
     pub = tmp_path / "pub"
     assert export_model.main(["--model", str(model_path), "--float16", "--out-dir", str(pub), "--name", "shipped",

@@ -16,11 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import script
 
-import config
-import data_processing
-import make_demo_data
-from common import UserError
+
+from fervgg import config
+from fervgg.common import UserError
+
+data_processing = script("data_processing")
+make_demo_data = script("make_demo_data")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,7 +44,7 @@ def arrays(tmp_path_factory) -> Path:
 
 
 def run_training(arrays: Path, out: Path, *extra: str) -> int:
-    import model_training
+    model_training = script("model_training")
 
     return model_training.main(["--data-dir", str(arrays), "--models-dir", str(out / "models"),
                                 "--logs-dir", str(out / "logs"), "--run-name", "t", *FAST, *extra])
@@ -82,7 +85,7 @@ def csv_epochs(path: Path) -> list[int]:
 
 @pytest.mark.parametrize("legacy", [True, False], ids=["legacy-h5", "keras3-weights-h5"])
 def test_weights_path_is_loaded(tmp_path, legacy):
-    from emotion_model import build_model
+    from fervgg.emotion_model import build_model
 
     path = tmp_path / (config.VGG16_NOTOP_WEIGHTS if legacy else "vgg16_notop.weights.h5")
     kernel = write_vgg_weights(path, legacy)
@@ -92,7 +95,7 @@ def test_weights_path_is_loaded(tmp_path, legacy):
 
 
 def test_missing_or_bad_weights_file_is_a_user_error(tmp_path):
-    from emotion_model import build_model
+    from fervgg.emotion_model import build_model
 
     with pytest.raises(UserError, match="weights file not found"):
         build_model(7, SIZE, str(tmp_path / "nope.h5"))
@@ -180,7 +183,7 @@ def test_time_budget_stops_cleanly_and_keeps_the_best_checkpoint(arrays, tmp_pat
 
 
 def test_cosine_lr_goes_from_base_to_floor():
-    from training import cosine_lr
+    from fervgg.training import cosine_lr
 
     assert cosine_lr(1e-3, 0.0) == pytest.approx(1e-3)
     assert cosine_lr(1e-3, 0.5) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
@@ -199,7 +202,7 @@ def test_cosine_schedule_decays_over_the_epochs_and_is_logged(arrays, tmp_path):
     assert len(logged) == epochs
     assert all(a > b for a, b in zip(logged, logged[1:]))
     # Set before each batch: the last batch of epoch e sits just before progress (e + 1) / epochs.
-    from training import cosine_lr
+    from fervgg.training import cosine_lr
 
     for e, got in enumerate(logged):
         assert cosine_lr(lr, (e + 1) / epochs) <= got <= cosine_lr(lr, e / epochs)
@@ -238,7 +241,7 @@ def test_resume_after_interrupt_and_kill_continues_at_the_right_epoch(arrays, tm
 
 
 def test_resume_refuses_other_settings(arrays, tmp_path):
-    import resume
+    from fervgg import resume
 
     state = resume.ResumeState(tmp_path / "models")
     state.save(None, {"fingerprint": "something-else", "run_name": "t", "phase": 1, "epoch": 1})
@@ -298,7 +301,7 @@ def _rewrite(arrays: Path, tmp_path: Path, name: str, value: np.ndarray, fix_che
     """A copy of the arrays with one array replaced (and meta's checksum updated or not)."""
     import shutil
 
-    from common import sha256_file
+    from fervgg.common import sha256_file
 
     copy = tmp_path / "arrays"
     shutil.copytree(arrays, copy)
@@ -343,8 +346,8 @@ def test_bf16_trained_model_loads_as_float32_and_exports(tmp_path):
     would need TensorFlow's Flex delegate, which the LiteRT runtime does not have."""
     import keras
 
-    import export_model
-    from emotion_model import _all_layers, build_model, load_model
+    export_model = script("export_model")
+    from fervgg.emotion_model import _all_layers, build_model, load_model
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
@@ -362,7 +365,7 @@ def test_bf16_trained_model_loads_as_float32_and_exports(tmp_path):
 
 def test_legacy_h5_model_is_loadable(tmp_path):
     """Users may point evaluation or prediction at a Keras .h5 model."""
-    from emotion_model import build_model, load_model
+    from fervgg.emotion_model import build_model, load_model
 
     model = build_model(7, SIZE, "none", dense_units=8)
     path = tmp_path / "model.h5"
@@ -452,7 +455,7 @@ def test_fine_tuning_from_a_model_with_the_plain_vgg16_backbone(arrays, tmp_path
     ("--patience", "0"), ("--dense-units", "0"), ("--lr", "ten"),
 ])
 def test_numeric_flags_are_checked_before_any_work(flag, value, capsys):
-    import model_training
+    model_training = script("model_training")
 
     with pytest.raises(SystemExit) as exc:
         model_training.parse_args([f"{flag}={value}"])  # "=": "-5" is not taken for a flag
@@ -466,7 +469,7 @@ def test_nonfinite_loss_stops_with_an_error_and_keeps_the_good_model(arrays, tmp
     previous good model in place; the next run that saves moves that model aside, not away."""
     import keras
 
-    import training
+    from fervgg import training
 
     args = ("--weights", "none", "--epochs", "1", "--steps-per-epoch", "2", "--fresh")
     models = tmp_path / "models"
@@ -519,7 +522,7 @@ def test_epoch_logged_but_not_saved_is_not_logged_twice_after_resume(arrays, tmp
 def test_auto_precision_respects_a_onednn_isa_cap(monkeypatch):
     """ONEDNN_MAX_CPU_ISA=AVX2 (how a bf16 CPU emulates an AVX2-only one): bfloat16 would be
     emulated, so auto precision must not pick it."""
-    import model_training
+    model_training = script("model_training")
 
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert model_training.cpu_has_bf16() is False

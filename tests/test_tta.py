@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import tta
+from fervgg import tta
 
 
 def test_ten_crops_are_the_corners_and_centre_mirrored_and_resized():

@@ -17,9 +17,12 @@ import cv2
 import numpy as np
 import pytest
 
-import faces
-import predict_emotion
-import video_analysis as video
+from conftest import script
+
+from fervgg import faces
+from fervgg import video_analysis as video
+
+predict_emotion = script("predict_emotion")
 
 ROOT = Path(__file__).resolve().parent.parent
 VIDEOS = ROOT.parent / "shared" / "videos"
@@ -300,7 +303,7 @@ def test_face_then_animation_clip(tiny_model, capsys):
 
 def test_real_detector_tracks_a_drawn_face_in_a_generated_clip(tiny_model, tmp_path, capsys):
     """The whole path with OpenCV's detector: a demo-data face drifting across 24 frames."""
-    import make_demo_data
+    make_demo_data = script("make_demo_data")
 
     face = np.asarray(make_demo_data.draw_face("happy", np.random.default_rng(0), 110).convert("RGB"))[..., ::-1]
     writer = cv2.VideoWriter(str(tmp_path / "drawn.avi"), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (320, 240))

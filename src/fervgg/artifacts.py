@@ -15,8 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-import config
-from common import UserError, atomic_save_npy, atomic_write_json, read_json, sha256_file, utc_now
+from fervgg import config
+from fervgg.common import UserError, atomic_save_npy, atomic_write_json, read_json, sha256_file, utc_now
 
 FORMAT_VERSION = 1
 

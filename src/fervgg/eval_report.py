@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import format_table
+from fervgg.common import format_table
 
 
 def _figure(**kwargs):

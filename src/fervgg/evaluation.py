@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-import config
-import tta
-from artifacts import Split, array_names, load_split, read_meta
-from common import UserError, check_gray_input
-from emotion_model import model_info, sidecar_path
+from fervgg import config
+from fervgg import tta
+from fervgg.artifacts import Split, array_names, load_split, read_meta
+from fervgg.common import UserError, check_gray_input
+from fervgg.emotion_model import model_info, sidecar_path
 
 
 def load_arrays(data_dir: Path, split: str) -> tuple[dict, list[Split]]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import UserError, check_gray_input, first_line, redirected_stderr
+from fervgg.common import UserError, check_gray_input, first_line, redirected_stderr
 
 # Printed by LiteRT's C++ code on every start; not worth a user's attention.
 _NOISE = ("Created TensorFlow Lite XNNPACK delegate",)

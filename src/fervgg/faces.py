@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-import config
-from common import UserError
+from fervgg import config
+from fervgg.common import UserError
 
 DETECTORS = ("opencv", "mtcnn")
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-import config
-import emotion_model  # TF-free at import time: TensorFlow is only imported to load a .keras
-from common import UserError, check_gray_input, model_not_found, sha256_file
+from fervgg import config
+from fervgg import emotion_model  # TF-free at import time: TensorFlow is only imported to load a .keras
+from fervgg.common import UserError, check_gray_input, model_not_found, sha256_file
 
 BACKENDS = ("auto", "litert", "keras")
 
@@ -88,7 +88,7 @@ class KerasClassifier:
 
 def load_classifier(backend: str, path: Path, threads: int | None = None):
     if backend == "litert":
-        from litert_runtime import LiteRTClassifier
+        from fervgg.litert_runtime import LiteRTClassifier
 
         return LiteRTClassifier(path, threads=threads)
     return KerasClassifier(path)

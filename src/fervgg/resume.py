@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import config
-from common import UserError, atomic_save_keras, atomic_write_json, first_line
+from fervgg import config
+from fervgg.common import UserError, atomic_save_keras, atomic_write_json, first_line
 
 # Settings that must match for a run to be resumed (others, like --epochs, may change).
 RESUME_KEYS = ("weights", "batch_size", "lr", "fine_tune_lr", "fine_tune_blocks", "optimizer",
@@ -27,6 +27,8 @@ def settings_fingerprint(args, meta: dict) -> str:
     chosen["aug"] = [args.aug_flip, args.aug_rotation, args.aug_zoom, args.aug_shift, args.aug_erasing]
     if getattr(args, "crop_size", 0):  # absent from fingerprints of runs made before cropping existed
         chosen["aug"].append(args.crop_size)
+    if getattr(args, "initial_model", None):
+        chosen["initial_model"] = str(args.initial_model)
     chosen["data"] = meta["sha256"]
     return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

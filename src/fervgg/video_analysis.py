@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import config
-import faces
-import imaging
-from common import UserError, atomic_write_bytes
+from fervgg import config
+from fervgg import faces
+from fervgg import imaging
+from fervgg.common import UserError, atomic_write_bytes
 
 # OpenCV and its FFmpeg print warnings of their own for unreadable files and absent
 # cameras; every failure here is reported as one clear line instead.

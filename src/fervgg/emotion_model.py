@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-import config
-from common import (UserError, atomic_write_json, first_line, import_tensorflow, library_versions, model_not_found,
-                    utc_now)
+from fervgg import config
+from fervgg.common import (UserError, atomic_write_json, first_line, import_tensorflow, library_versions,
+                           model_not_found, utc_now)
 
 # VGG16 "caffe" preprocessing: BGR channel means of ImageNet, no scaling.
 VGG_MEAN_BGR = (103.939, 116.779, 123.68)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import config
+from fervgg import config
 
 VIEWS = 10
 _CV2_MAX_CHANNELS = 512  # cv2.resize takes at most this many channels at once

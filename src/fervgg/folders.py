@@ -15,9 +15,9 @@ import numpy as np
 import tqdm as tqdm_module
 from tqdm import tqdm
 
-from artifacts import Split
-from common import UserError
-from imaging import BadImage, list_files, load_gray
+from fervgg.artifacts import Split
+from fervgg.common import UserError
+from fervgg.imaging import BadImage, list_files, load_gray
 
 PARALLEL_MIN_FILES = 256  # below this a process pool costs more than it saves
 IMAGES_SPLIT = "images"  # the split name of a whole-folder evaluation

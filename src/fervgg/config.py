@@ -6,10 +6,14 @@ write the effective settings as JSON next to what they produce.
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
-# --- Paths (relative to the repository root, whatever the current directory is) ---
-ROOT: Path = Path(__file__).resolve().parent.parent
+# --- Paths ---
+# In a clone (the package installed editable from src/), the folders are the repository's,
+# whatever the current directory is; an installed package uses the current directory.
+_CHECKOUT: Path = Path(__file__).resolve().parents[2]
+ROOT: Path = _CHECKOUT if (_CHECKOUT / "scripts" / "model_training.py").is_file() else Path.cwd()
 DATA_DIR: Path = ROOT / "data"
 PREPROCESSED_DIR: Path = ROOT / "preprocessed_data"
 MODELS_DIR: Path = ROOT / "models"
@@ -46,7 +50,15 @@ RESUME_DIR_NAME: str = ".resume"  # per-run resume state, inside MODELS_DIR
 VGG16_NOTOP_WEIGHTS: str = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 # The model that ships with the project (FER2013, 7 classes): used by prediction when you
 # have no model of your own, and by --weights fer2013 as a start for fine-tuning.
-PRETRAINED_DIR: Path = MODELS_DIR / "pretrained"
+def _pretrained_dir() -> Path:
+    """The package data fervgg.pretrained (models/pretrained/ in a clone, see pyproject.toml)."""
+    try:
+        return Path(str(files("fervgg.pretrained")))
+    except ModuleNotFoundError:  # the source tree on PYTHONPATH, not installed
+        return MODELS_DIR / "pretrained"
+
+
+PRETRAINED_DIR: Path = _pretrained_dir()
 PRETRAINED_MODEL: Path = PRETRAINED_DIR / "fer2013_vgg16.keras"
 
 # --- Training ---

@@ -19,9 +19,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-import config
-from common import UserError, atomic_save_keras
-from resume import Clock, ResumeState
+from fervgg import config
+from fervgg.common import UserError, atomic_save_keras
+from fervgg.resume import Clock, ResumeState
 
 
 

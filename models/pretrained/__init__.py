@@ -1,0 +1,1 @@
+"""The shipped model, package data of fervgg as `fervgg.pretrained` (see pyproject.toml)."""

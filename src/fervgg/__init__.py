@@ -1,0 +1,1 @@
+"""fervgg: facial emotion recognition with VGG16."""
