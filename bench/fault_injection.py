@@ -31,11 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
 
 from fervgg import artifacts
 from fervgg import config
 from fervgg.common import cpu_description, format_table
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SHARED_VIDEO = ROOT.parent / "shared" / "videos" / "single_face.mp4"
 TINY_TRAINING = ["--weights", "none", "--epochs", "3", "--steps-per-epoch", "2", "--batch-size", "8",

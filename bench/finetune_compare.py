@@ -31,11 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
 
 from fervgg import config
 from fervgg.common import cpu_description, format_table
 from fervgg.imaging import list_files
+
+ROOT = Path(__file__).resolve().parent.parent
 
 GROUPS = {"positive": ("happy", "surprise"), "negative": ("angry", "disgust", "fear", "sad"),
           "neutral": ("neutral",)}

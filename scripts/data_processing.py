@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cli import HelpFormatter, number, run_cli
 from fervgg import config
 from fervgg.artifacts import array_names, bytes_needed, write_dataset
-from fervgg.common import (HelpFormatter, UserError, format_table, library_versions, number, printable, run_cli,
-                    writable_folder)
+from fervgg.common import FervggError, format_table, library_versions, printable, writable_folder
 from fervgg.folders import class_folders, decode_all
 from fervgg.imaging import list_files, set_max_pixels
 
@@ -78,16 +78,16 @@ class Found:
 def discover(data_dir: Path) -> Found:
     """Find classes and files; refuse a class folder without files (a class never seen)."""
     if not data_dir.is_dir():
-        raise UserError(f"data folder not found: {data_dir} (pass --data-dir PATH)")
+        raise FervggError(f"data folder not found: {data_dir} (pass --data-dir PATH)")
     train_dir = data_dir / "train"
     if not train_dir.is_dir():
-        raise UserError(
+        raise FervggError(
             f"no train/ folder in {data_dir}: expected {data_dir}/train/<class>/<images> "
             "(one folder per emotion, as in Kaggle's FER2013)"
         )
     classes = class_folders(train_dir)
     if len(classes) < 2:
-        raise UserError(f"{train_dir} has {len(classes)} class folder(s); at least 2 are needed")
+        raise FervggError(f"{train_dir} has {len(classes)} class folder(s); at least 2 are needed")
     warnings = []
     if tuple(classes) != config.CLASS_NAMES:
         extra = sorted(set(classes) - set(config.CLASS_NAMES))
@@ -114,7 +114,7 @@ def discover(data_dir: Path) -> Found:
             listed = list_files(split_dir / name, found.hidden)
             if not listed and split == "train":
                 empty = [c for c in classes if not list_files(train_dir / c)]
-                raise UserError(f"class folder(s) without images in {train_dir}: {', '.join(empty)}; the "
+                raise FervggError(f"class folder(s) without images in {train_dir}: {', '.join(empty)}; the "
                                 "model would learn a class it never sees: add images or remove the folder(s)")
             files += [(path, classes.index(name)) for path in listed]
         found.sources[split] = files
@@ -205,12 +205,12 @@ def decode_sources(data_dir: Path, sources: dict[str, list[tuple[Path, int]]], s
     bad_files = []
     for source, files in sources.items():
         if not files:
-            raise UserError(f"{data_dir / source} has no image files in its class folders")
+            raise FervggError(f"{data_dir / source} has no image files in its class folders")
         paths = [p for p, _ in files]
         pixels, ok, reasons = decode_all(paths, size, workers, f"decoding {source}")
         bad_files += [{"path": str(paths[i]), "reason": r} for i, r in sorted(reasons.items())]
         if not ok.any():
-            raise UserError(f"no readable images in {data_dir / source} ({len(paths)} files, all unusable)")
+            raise FervggError(f"no readable images in {data_dir / source} ({len(paths)} files, all unusable)")
         labels = np.array([lbl for (_, lbl), good in zip(files, ok) if good], dtype=np.int64)
         rel = [str(p.relative_to(data_dir)) for p, good in zip(paths, ok) if good]
         decoded[source] = (pixels, labels, rel)
@@ -243,7 +243,7 @@ def check_out_dir(out_dir: Path, n_files: int, image_size: int) -> None:
     existing = writable_folder(out_dir, "--out-dir")
     needed, free = bytes_needed(n_files, image_size), shutil.disk_usage(existing).free
     if free < needed:
-        raise UserError(f"not enough free space in {out_dir}: the arrays need about {needed / 2**20:.1f} MiB, "
+        raise FervggError(f"not enough free space in {out_dir}: the arrays need about {needed / 2**20:.1f} MiB, "
                         f"{free / 2**20:.1f} MiB are free")
 
 
@@ -263,7 +263,7 @@ def main(argv=None) -> int:
     train_pixels, train_labels, train_paths = decoded["train"]
     unusable = [c for k, c in enumerate(classes) if not (train_labels == k).any()]
     if unusable:
-        raise UserError(f"no usable training images in class folder(s) {', '.join(unusable)} of "
+        raise FervggError(f"no usable training images in class folder(s) {', '.join(unusable)} of "
                         f"{data_dir / 'train'} (all unreadable); the model would learn a class it never sees")
     has_test = "test" in decoded
     train_hashes = content_hashes(train_pixels)
@@ -280,7 +280,7 @@ def main(argv=None) -> int:
         arrays["train"], labels["train"] = arrays["train"][keep], labels["train"][keep]
     audit["dropped_from_train_as_leaks"] = dropped
     if len(arrays["train"]) == 0:
-        raise UserError("no training images left after splitting; lower --val-fraction/--test-fraction")
+        raise FervggError("no training images left after splitting; lower --val-fraction/--test-fraction")
 
     blank = config.NEAR_BLANK_STD
     near_blank = [paths["train_folder"][i] for i in np.flatnonzero(pixel_std(train_pixels) < blank)]
@@ -322,7 +322,7 @@ def main(argv=None) -> int:
         meta = write_dataset(args.out_dir, arrays, labels, describe)
     except OSError as exc:
         reason = exc.strerror or f"{exc} (a short write: is the disk full?)"  # numpy's own OSError
-        raise UserError(f"cannot write the arrays to {args.out_dir}: {reason}; the previous "
+        raise FervggError(f"cannot write the arrays to {args.out_dir}: {reason}; the previous "
                         "output there (if any) is unchanged") from None
     print_summary(meta, has_test, args.out_dir)
     return 0

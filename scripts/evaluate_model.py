@@ -22,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from cli import HelpFormatter, number, run_cli
 from fervgg import config
 from fervgg import imaging
 from fervgg import tta
 from fervgg.artifacts import Split
-from fervgg.common import (HelpFormatter, UserError, atomic_write_bytes, atomic_write_json, format_table,
-                           import_tensorflow, library_versions, model_not_found, number, run_cli, sha256_file, utc_now)
+from fervgg.common import (atomic_write_bytes, atomic_write_json, FervggError, format_table, import_tensorflow,
+                           library_versions, model_not_found, sha256_file, utc_now)
 from fervgg.emotion_model import default_model_path, load_model, model_info, sidecar_path
 from fervgg.eval_report import plot_confusion, plot_mistakes, print_report, write_tensorboard
 from fervgg.evaluation import (check_count, check_model, compute_metrics, input_size, load_arrays, make_predictor,
@@ -277,7 +278,7 @@ def load_data(args, model_paths: list[Path]):
 
 
 def prepare(path: Path, tag: str, folder, meta, datasets, where: str) -> Prepared:
-    """Load a model and check that it fits the data (UserError if not)."""
+    """Load a model and check that it fits the data (FervggError if not)."""
     model = load_model(path)
     n_out = output_count(model, path)
     size = input_size(model, path)
@@ -289,7 +290,7 @@ def prepare(path: Path, tag: str, folder, meta, datasets, where: str) -> Prepare
     if folder is not None:
         folder.mapping(names)
         if n_out != len(names):
-            raise UserError(f"{path} has {n_out} outputs but its {sidecar_path(path).name} lists "
+            raise FervggError(f"{path} has {n_out} outputs but its {sidecar_path(path).name} lists "
                             f"{len(names)} classes {names}")
     else:
         for data in datasets:

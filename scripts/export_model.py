@@ -32,10 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from cli import HelpFormatter, number, run_cli
 from fervgg import config
 from fervgg import emotion_model
-from fervgg.common import (HelpFormatter, UserError, atomic_save_keras, atomic_write_json, check_gray_input, first_line,
-                    model_not_found, number, run_cli, sha256_file, utc_now, writable_folder)
+from fervgg.common import (atomic_save_keras, atomic_write_json, check_gray_input, FervggError, first_line,
+                           model_not_found, sha256_file, utc_now, writable_folder)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -96,15 +97,15 @@ def check_inputs(size: int, samples: int, seed: int) -> np.ndarray:
 
 
 def check(what: str, expected: np.ndarray, got: np.ndarray, tolerance: float, not_written: str) -> float:
-    """Largest absolute difference of probabilities (returned); a UserError unless it is
+    """Largest absolute difference of probabilities (returned); a FervggError unless it is
     within `tolerance` and the top classes agree."""
     if got.shape != expected.shape:
-        raise UserError(f"exported model gives shape {got.shape}, Keras {expected.shape}")
+        raise FervggError(f"exported model gives shape {got.shape}, Keras {expected.shape}")
     diff, same_top = float(np.abs(got - expected).max()), bool((got.argmax(1) == expected.argmax(1)).all())
     print(f"check on {len(expected)} random inputs: max |keras - {what}| = {diff:.2e}, "
           f"top class {'identical' if same_top else 'DIFFERENT'}")
     if diff > tolerance or not same_top:
-        raise UserError(f"the {what} model does not match Keras (max difference {diff:.2e} > {tolerance:g} or "
+        raise FervggError(f"the {what} model does not match Keras (max difference {diff:.2e} > {tolerance:g} or "
                         f"top classes differ): {not_written} not written")
     return diff
 
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     model_path = args.model or emotion_model.default_model_path(args.models_dir)
     if model_path.suffix == config.TFLITE_SUFFIX:
-        raise UserError(f"{model_path} is already a LiteRT model: pass the .keras model it came from")
+        raise FervggError(f"{model_path} is already a LiteRT model: pass the .keras model it came from")
     if not model_path.is_file():  # before importing Keras (seconds) just to say so
         raise model_not_found(model_path)
     out = tflite_path(model_path)
@@ -152,10 +153,10 @@ def main(argv=None) -> int:
     try:
         try:
             convert(model, staging, args.float16)
-        except UserError:
+        except FervggError:
             raise
         except Exception as exc:
-            raise UserError(f"LiteRT conversion of {model_path} failed: {first_line(exc)}") from None
+            raise FervggError(f"LiteRT conversion of {model_path} failed: {first_line(exc)}") from None
         from fervgg.litert_runtime import LiteRTClassifier
 
         diff = check("litert", expected, LiteRTClassifier(staging).predict(x), tolerance, str(out))
@@ -176,7 +177,7 @@ def publish_keras(model, model_path: Path, args, x: np.ndarray, expected: np.nda
     args.out_dir.mkdir(parents=True, exist_ok=True)
     target = args.out_dir / f"{args.name or model_path.stem}.keras"
     if target.resolve() == model_path.resolve():
-        raise UserError(f"--out-dir and --name would overwrite {model_path} itself")
+        raise FervggError(f"--out-dir and --name would overwrite {model_path} itself")
     copy = emotion_model.with_policy(model, "float16") if args.float16 else model
     atomic_save_keras(copy, target)
     try:

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from cli import HelpFormatter, number, run_cli
 from fervgg import config
-from fervgg.common import HelpFormatter, UserError, number, run_cli
+from fervgg.common import FervggError
 
 CANVAS = 96  # drawn at 2x, then downscaled: smoother lines
 
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
         if all((out / split).is_dir() for split in ("train", "test")):
             print(f"demo data already in {out} (use --force to rewrite it)")
             return 0
-        raise UserError(f"{out} exists and is not empty; pass another --out-dir or --force")
+        raise FervggError(f"{out} exists and is not empty; pass another --out-dir or --force")
     rng = np.random.default_rng(args.seed)
     total = 0
     for split, per_class in (("train", args.train_per_class), ("test", args.test_per_class)):

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from cli import HelpFormatter, number, run_cli
 from fervgg import config
 from fervgg.artifacts import Split, load_split, read_meta
-from fervgg.common import (DISK_ERRORS, HelpFormatter, UserError, cpu_description, import_tensorflow, number,
-                           onednn_enabled, run_cli)
+from fervgg.common import cpu_description, DISK_ERRORS, FervggError, import_tensorflow, onednn_enabled
 from fervgg.resume import Clock, ResumeState, settings_fingerprint
 
 
@@ -214,7 +214,7 @@ def start_or_resume(args, meta: dict) -> tuple[ResumeState, dict | None, str]:
         return resume, None, fingerprint
     state = resume.load()
     if state and state.get("fingerprint") != fingerprint:
-        raise UserError(f"{resume.dir} holds an interrupted run with other settings or data; re-run "
+        raise FervggError(f"{resume.dir} holds an interrupted run with other settings or data; re-run "
                         "with the same flags to resume it, or add --fresh to start over")
     return resume, state, fingerprint
 
@@ -264,7 +264,7 @@ def copy_weights(source, model, path: Path) -> None:
 
     theirs, ours = source.get_weights(), model.weights
     if len(theirs) != len(ours) or any(tuple(w.shape) != tuple(v.shape) for w, v in zip(theirs, ours)):
-        raise UserError(f"--initial-model {path} has another layout than this run's model (classes, "
+        raise FervggError(f"--initial-model {path} has another layout than this run's model (classes, "
                         "--dense-units, backbone): it cannot be continued")
     model.set_weights([np.asarray(w).astype(v.dtype) for w, v in zip(theirs, ours)])
     print(f"starting from every weight of {path}")
@@ -321,7 +321,7 @@ def train_phases(run: TrainingRun) -> dict[int, tuple[Path, float, int]]:
             break
         model_path, best_acc, best_epoch = run_phase(run, phase)
         if best_epoch is None:
-            raise UserError(f"phase {phase} ended before any epoch finished; nothing was saved")
+            raise FervggError(f"phase {phase} ended before any epoch finished; nothing was saved")
         write_sidecar(model_path, run.args, run.meta, run.state["run_name"], phase, best_acc, best_epoch,
                       run.hardware, run.clock.elapsed())
         results[phase] = (model_path, best_acc, best_epoch)
@@ -338,10 +338,10 @@ def main(argv=None) -> int:
     train = load_split(args.data_dir, "train", meta)
     val = load_split(args.data_dir, "val", meta)
     if args.crop_size and not 32 <= args.crop_size < meta["image_size"]:
-        raise UserError(f"--crop-size {args.crop_size} must be at least 32 and below the image size "
+        raise FervggError(f"--crop-size {args.crop_size} must be at least 32 and below the image size "
                         f"{meta['image_size']} (or 0 for no cropping)")
     if len(train.y) == 0 or len(val.y) == 0:
-        raise UserError(f"need training and validation images; got {len(train.y)} and {len(val.y)} "
+        raise FervggError(f"need training and validation images; got {len(train.y)} and {len(val.y)} "
                         "(re-run data_processing.py with a non-zero --val-fraction)")
     resume, state, fingerprint = start_or_resume(args, meta)
     print(f"data: {len(train.y)} train / {len(val.y)} val images, {meta['image_size']}x{meta['image_size']}, "
@@ -352,7 +352,7 @@ def main(argv=None) -> int:
     strategy, hardware = setup_hardware(args)
     print(f"hardware: {hardware}")
     if args.batch_size % strategy.num_replicas_in_sync:
-        raise UserError(f"--batch-size {args.batch_size} must be a multiple of the "
+        raise FervggError(f"--batch-size {args.batch_size} must be a multiple of the "
                         f"{strategy.num_replicas_in_sync} replicas")
     if state is None:
         state = new_state(args, fingerprint)
@@ -370,7 +370,7 @@ def main(argv=None) -> int:
     except OSError as exc:  # a full disk while saving: the files saved before are whole (atomic writes)
         if exc.errno not in DISK_ERRORS:
             raise
-        raise UserError(f"cannot save {exc.filename or 'a checkpoint'}: {exc.strerror or exc}; "
+        raise FervggError(f"cannot save {exc.filename or 'a checkpoint'}: {exc.strerror or exc}; "
                         f"{state.get('epoch', 0)} epoch(s) of phase {state.get('phase', 1)} are saved: free "
                         "some space and re-run the same command to resume") from None
     report(run, results)

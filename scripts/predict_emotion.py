@@ -46,11 +46,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cli import HelpFormatter, number, run_cli
 from fervgg import config
 from fervgg import imaging
 from fervgg import tta
 from fervgg.classifiers import BACKENDS, KerasClassifier, choose_model, class_names_for, load_classifier  # noqa: F401
-from fervgg.common import HelpFormatter, UserError, atomic_write_bytes, number, printable, run_cli, writable_folder
+from fervgg.common import atomic_write_bytes, FervggError, printable, writable_folder
 DETECTORS = ("opencv", "mtcnn")  # faces.DETECTORS; repeated so that --help does not import cv2
 TOP_K = 3
 GLOB_CHARS = set("*?[")
@@ -162,7 +163,7 @@ def resolve_inputs(specs: list[str]) -> list[Path]:
         elif path.is_dir():
             found = image_files_in(path)
             if not found:
-                raise UserError(f"no image files ({', '.join(config.IMAGE_EXTENSIONS)}) in folder {path}")
+                raise FervggError(f"no image files ({', '.join(config.IMAGE_EXTENSIONS)}) in folder {path}")
             files.extend(found)
         elif GLOB_CHARS & set(spec):
             found = []
@@ -173,12 +174,12 @@ def resolve_inputs(specs: list[str]) -> list[Path]:
                 elif match.is_file() and is_image_name(match) and not imaging.is_hidden(match):
                     found.append(match)
             if not found:
-                raise UserError(f"no image files match the pattern {spec!r}")
+                raise FervggError(f"no image files match the pattern {spec!r}")
             files.extend(found)
         elif path.exists():
-            raise UserError(f"not a regular file or folder: {path}")
+            raise FervggError(f"not a regular file or folder: {path}")
         else:
-            raise UserError(f"no such file or folder: {path}")
+            raise FervggError(f"no such file or folder: {path}")
     unique, seen = [], set()
     for f in files:
         key = os.path.realpath(f)
@@ -381,7 +382,7 @@ def predict_photos(args) -> int:
         try:
             args.annotate.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UserError(f"cannot create the --annotate folder {args.annotate}: {exc.strerror or exc}") from None
+            raise FervggError(f"cannot create the --annotate folder {args.annotate}: {exc.strerror or exc}") from None
     backend, model_file, info_path = choose_model(args)
     start = time.perf_counter()
     classifier = load_classifier(backend, model_file, args.threads)

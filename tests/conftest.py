@@ -21,7 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def script(name: str):
-    """scripts/<name>.py as a module (loaded once), to call its main(argv) in-process."""
+    """scripts/<name>.py as a module (loaded once), to call its main(argv) in-process. The
+    scripts' shared command-line helpers (scripts/cli.py) are loaded first, as `cli`."""
+    if name != "cli":
+        script("cli")
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)

@@ -27,7 +27,7 @@ from fervgg import common
 from fervgg import config
 from fervgg import folders
 from fervgg import imaging
-from fervgg.common import UserError
+from fervgg.common import FervggError
 from conftest import script, assert_dark_side, exif_with, save, top_dark
 
 data_processing = script("data_processing")
@@ -394,7 +394,7 @@ def test_process_pool_matches_single_process(tmp_path, monkeypatch):
 def test_empty_class_folder_is_refused(tmp_path):
     data = make_dataset(tmp_path / "data", {"a": 4, "b": 4, "c": 0, "d": 0})
     (data / "train" / "d" / ".DS_Store").write_bytes(b"x")  # hidden files are not images
-    with pytest.raises(UserError, match=r"class folder\(s\) without images in .*train: c, d; the model would"):
+    with pytest.raises(FervggError, match=r"class folder\(s\) without images in .*train: c, d; the model would"):
         run(data, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -434,7 +434,7 @@ def test_unknown_extra_class_is_used_with_warning(tmp_path, capsys):
 def test_fewer_than_two_classes_is_an_error(tmp_path, train, match):
     data = make_dataset(tmp_path / "data", train)
     (data / "train").mkdir(parents=True, exist_ok=True)
-    with pytest.raises(UserError, match=match):
+    with pytest.raises(FervggError, match=match):
         run(data, tmp_path / "out")
 
 
@@ -443,12 +443,12 @@ def test_nothing_readable_is_an_error(tmp_path):
     for name in ("a", "b"):
         (data / "train" / name).mkdir(parents=True)
         (data / "train" / name / "x.jpg").write_text("not an image")
-    with pytest.raises(UserError, match="no readable images"):
+    with pytest.raises(FervggError, match="no readable images"):
         run(data, tmp_path / "out")
     for name in ("a", "b"):  # only hidden files: no image files at all
         (data / "train" / name / "x.jpg").unlink()
         (data / "train" / name / ".DS_Store").write_bytes(b"junk")
-    with pytest.raises(UserError, match="without images in .*: a, b"):
+    with pytest.raises(FervggError, match="without images in .*: a, b"):
         run(data, tmp_path / "out")
     assert not (tmp_path / "out" / config.META_FILE).exists()
 
@@ -456,7 +456,7 @@ def test_nothing_readable_is_an_error(tmp_path):
 def test_usable_images_in_one_class_only_is_an_error(tmp_path):
     data = make_dataset(tmp_path / "data", {"a": 3, "b": 0})
     (data / "train" / "b" / "x.png").write_bytes(b"")
-    with pytest.raises(UserError, match="no usable training images in class folder.s. b of"):
+    with pytest.raises(FervggError, match="no usable training images in class folder.s. b of"):
         run(data, tmp_path / "out")
 
 
@@ -508,9 +508,9 @@ def test_interrupted_first_run_writes_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run(data, out)
     assert os.listdir(out) == []
-    with pytest.raises(UserError):
+    with pytest.raises(FervggError):
         artifacts.read_meta(out)
-    with pytest.raises(UserError):
+    with pytest.raises(FervggError):
         artifacts.load_split(out, "train")
 
 
@@ -528,7 +528,7 @@ def test_full_disk_is_one_line_and_keeps_the_previous_output(tmp_path, monkeypat
         return common.atomic_save_npy(path, array)
 
     monkeypatch.setattr(artifacts, "atomic_save_npy", disk_fills)
-    with pytest.raises(UserError, match=r"cannot write the arrays to .*No space left on device; the previous"):
+    with pytest.raises(FervggError, match=r"cannot write the arrays to .*No space left on device; the previous"):
         run(data, out, "--seed", "7")
     assert snapshot(out) == before and sorted(os.listdir(out)) == sorted(before)
     assert artifacts.load_split(out, "train").x.shape[0] > 0
@@ -538,7 +538,7 @@ def test_not_enough_free_space_is_refused_before_decoding(tmp_path, monkeypatch)
     data = make_dataset(tmp_path / "data", {"a": 5, "b": 5})
     monkeypatch.setattr(data_processing.shutil, "disk_usage", lambda path: SimpleNamespace(free=100))
     monkeypatch.setattr(data_processing, "decode_sources", lambda *a: pytest.fail("decoded first"))
-    with pytest.raises(UserError, match=r"not enough free space in .*MiB are free"):
+    with pytest.raises(FervggError, match=r"not enough free space in .*MiB are free"):
         run(data, tmp_path / "out")
 
 
@@ -553,7 +553,7 @@ def test_bad_out_dir_fails_before_decoding(tmp_path, monkeypatch, where):
             pytest.skip("root writes into read-only folders")
         (tmp_path / "ro").mkdir(mode=0o555)
     monkeypatch.setattr(data_processing, "decode_sources", lambda *a: pytest.fail("decoded first"))
-    with pytest.raises(UserError, match="--out-dir"):
+    with pytest.raises(FervggError, match="--out-dir"):
         run(data, out)
     assert blocker.read_text() == "a file"
 
@@ -573,7 +573,7 @@ def test_modified_array_fails_checksum(tmp_path):
     x = np.load(out / "X_train.npy")
     x[0, 0, 0, 0] ^= 0xFF
     np.save(out / "X_train.npy", x)
-    with pytest.raises(UserError, match="checksum"):
+    with pytest.raises(FervggError, match="checksum"):
         artifacts.load_split(out, "train")
     artifacts.load_split(out, "val")  # the untouched arrays still load
 

@@ -23,7 +23,7 @@ from conftest import script
 from PIL import Image
 
 
-from fervgg.common import UserError
+from fervgg.common import FervggError
 
 data_processing = script("data_processing")
 evaluate_model = script("evaluate_model")
@@ -247,7 +247,7 @@ def test_image_folder_matches_arrays_and_skips_bad_and_unknown(env, tmp_path, ca
 
 
 def test_no_matching_folder_is_a_clear_error(env, tmp_path):
-    with pytest.raises(UserError, match="did you mean --images"):
+    with pytest.raises(FervggError, match="did you mean --images"):
         evaluate_model.main(["--models-dir", str(env["models"]), "--images", str(env["images"]),
                              "--out-dir", str(tmp_path)])
 
@@ -275,13 +275,13 @@ def test_sidecar_class_names_that_differ_are_refused(env, tmp_path):
     model = tmp_path / "renamed.keras"
     shutil.copy(env["models"] / "small.keras", model)
     model.with_suffix(".json").write_text(json.dumps({"class_names": CLASSES[::-1], "image_size": SIZE}))
-    with pytest.raises(UserError, match="trained on classes"):
+    with pytest.raises(FervggError, match="trained on classes"):
         run_main(env, tmp_path, "--model", str(model))
 
 
 def test_a_misfit_model_among_several_fails_before_any_evaluation(env, tmp_path):
     models = env["models"]
-    with pytest.raises(UserError, match="3 outputs"):
+    with pytest.raises(FervggError, match="3 outputs"):
         run_main(env, tmp_path, "--model", str(models / "small.keras"), str(models / "three_classes.keras"))
     assert not (tmp_path / "eval").exists()
 
@@ -303,7 +303,7 @@ def test_corrupt_arrays_are_refused_before_loading_a_model(env, tmp_path):
     with open(arrays / "X_test.npy", "r+b") as f:
         f.seek(-1, 2)
         f.write(b"\x01")
-    with pytest.raises(UserError, match="checksum"):
+    with pytest.raises(FervggError, match="checksum"):
         evaluate_model.main(["--models-dir", str(env["models"]), "--data-dir", str(arrays),
                              "--out-dir", str(tmp_path / "eval")])
 

@@ -4,23 +4,23 @@
 import pytest
 
 from fervgg import emotion_model
-from fervgg.common import UserError
+from fervgg.common import FervggError
 from conftest import script, BLOCKS, save
 
 
 def test_a_folder_is_named_as_a_folder(tmp_path):
     predict_emotion = script("predict_emotion")
 
-    with pytest.raises(UserError, match="is a folder: pass the model file in it"):
+    with pytest.raises(FervggError, match="is a folder: pass the model file in it"):
         emotion_model.load_model(tmp_path)
-    with pytest.raises(UserError, match="is a folder: pass the model file in it"):
+    with pytest.raises(FervggError, match="is a folder: pass the model file in it"):
         predict_emotion.main(["--image_path", str(save(tmp_path / "face.png", BLOCKS)), "--model", str(tmp_path)])
 
 
 def test_a_truncated_keras_file_is_not_reported_as_missing(tiny_model, tmp_path):
     broken = tmp_path / "broken.keras"
     broken.write_bytes(tiny_model.path.read_bytes()[:5000])
-    with pytest.raises(UserError, match="exists but is not a valid Keras model file") as caught:
+    with pytest.raises(FervggError, match="exists but is not a valid Keras model file") as caught:
         emotion_model.load_model(broken)
     assert "not found" not in str(caught.value).lower()
 
@@ -32,7 +32,7 @@ def test_a_lambda_layer_model_is_refused_without_advertising_the_override(tmp_pa
     model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))
     path = tmp_path / "lambda.keras"
     model.save(path)
-    with pytest.raises(UserError, match="contains code") as caught:
+    with pytest.raises(FervggError, match="contains code") as caught:
         emotion_model.load_model(path)
     assert "safe_mode=False" not in str(caught.value)
 
@@ -47,7 +47,7 @@ def test_a_damaged_sidecar_is_one_line_error_in_predict(tiny_model, tmp_path, co
     shutil.copy(tiny_model.path, model)
     shutil.copy(tiny_model.path.with_suffix(".tflite"), model.with_suffix(".tflite"))
     model.with_suffix(".json").write_bytes(content)
-    with pytest.raises(UserError, match="sidecar.*is damaged"):
+    with pytest.raises(FervggError, match="sidecar.*is damaged"):
         predict_emotion.main(["--image_path", str(save(tmp_path / "face.png", BLOCKS)), "--model", str(model)])
 
 

@@ -25,7 +25,7 @@ from PIL import Image
 
 from fervgg import config
 from fervgg import faces
-from fervgg.common import UserError
+from fervgg.common import FervggError
 from conftest import script, face_like
 
 predict_emotion = script("predict_emotion")
@@ -95,9 +95,9 @@ def test_litert_and_keras_agree(model_path):
 def test_export_errors_are_one_line(tmp_path, capsys):
     export_model = script("export_model")
 
-    with pytest.raises(UserError, match="model not found"):
+    with pytest.raises(FervggError, match="model not found"):
         export_model.main(["--model", str(tmp_path / "nope.keras")])
-    with pytest.raises(UserError, match="already a LiteRT model"):
+    with pytest.raises(FervggError, match="already a LiteRT model"):
         export_model.main(["--model", str(tmp_path / "x.tflite")])
 
 
@@ -124,7 +124,7 @@ def test_auto_backend_prefers_fresh_tflite(model_path, tmp_path, capsys):
     assert "older than" in capsys.readouterr().err
     args = predict_emotion.parse_args(["--image_path", "x", "--model", str(tmp_path / "none.keras"),
                                        "--backend", "litert"])
-    with pytest.raises(UserError, match="export_model.py"):
+    with pytest.raises(FervggError, match="export_model.py"):
         predict_emotion.choose_model(args)
 
 
@@ -143,7 +143,7 @@ def test_shipped_model_is_used_when_the_user_has_none(model_path, tmp_path, caps
     # Without either: the usual one-line error.
     mine.unlink()
     monkeypatch.setattr(config, "PRETRAINED_MODEL", tmp_path / "absent.keras")
-    with pytest.raises(UserError, match="model not found"):
+    with pytest.raises(FervggError, match="model not found"):
         predict_emotion.choose_model(args)
 
 
@@ -288,12 +288,12 @@ def test_human_readable_output(model_path, crops, capsys):
 
 
 def test_missing_path_and_empty_folder_are_user_errors(model_path, tmp_path):
-    with pytest.raises(UserError, match="no such file or folder"):
+    with pytest.raises(FervggError, match="no such file or folder"):
         predict_emotion.main(["--image_path", str(tmp_path / "nope.jpg"), *litert(model_path)])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="no image files"):
+    with pytest.raises(FervggError, match="no image files"):
         predict_emotion.main(["--image_path", str(tmp_path / "empty"), *litert(model_path)])
-    with pytest.raises(UserError, match="no image files match"):
+    with pytest.raises(FervggError, match="no image files match"):
         predict_emotion.main(["--image_path", str(tmp_path / "*.jpg"), *litert(model_path)])
 
 
@@ -464,7 +464,7 @@ def test_annotate_path_that_is_a_file_fails_before_the_model_loads(tmp_path):
     blocker.write_text("x")
     photo = tmp_path / "p.png"
     Image.fromarray(face_like(0)).save(photo)
-    with pytest.raises(UserError, match=r"--annotate .*blocker is a file, not a folder"):
+    with pytest.raises(FervggError, match=r"--annotate .*blocker is a file, not a folder"):
         predict_emotion.main(["--image_path", str(photo), "--annotate", str(blocker),
                               "--model", str(tmp_path / "no-model-needed-yet.keras")])
 

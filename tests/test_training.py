@@ -20,7 +20,7 @@ from conftest import script
 
 
 from fervgg import config
-from fervgg.common import UserError
+from fervgg.common import FervggError
 
 data_processing = script("data_processing")
 make_demo_data = script("make_demo_data")
@@ -97,11 +97,11 @@ def test_weights_path_is_loaded(tmp_path, legacy):
 def test_missing_or_bad_weights_file_is_a_user_error(tmp_path):
     from fervgg.emotion_model import build_model
 
-    with pytest.raises(UserError, match="weights file not found"):
+    with pytest.raises(FervggError, match="weights file not found"):
         build_model(7, SIZE, str(tmp_path / "nope.h5"))
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not hdf5")
-    with pytest.raises(UserError, match="cannot load VGG16 weights"):
+    with pytest.raises(FervggError, match="cannot load VGG16 weights"):
         build_model(7, SIZE, str(bad))
 
 
@@ -245,7 +245,7 @@ def test_resume_refuses_other_settings(arrays, tmp_path):
 
     state = resume.ResumeState(tmp_path / "models")
     state.save(None, {"fingerprint": "something-else", "run_name": "t", "phase": 1, "epoch": 1})
-    with pytest.raises(UserError, match="--fresh"):
+    with pytest.raises(FervggError, match="--fresh"):
         run_training(arrays, tmp_path, "--weights", "none", "--epochs", "1")
 
 
@@ -323,7 +323,7 @@ def test_mismatched_arrays_are_refused(arrays, tmp_path, name, make, match):
     x = np.load(arrays / "X_train.npy")
     y = np.load(arrays / "y_train.npy")
     bad = _rewrite(arrays, tmp_path, name, make(x, y), fix_checksum=True)
-    with pytest.raises(UserError, match=match):
+    with pytest.raises(FervggError, match=match):
         run_training(bad, tmp_path, "--weights", "none", "--epochs", "1")
 
 
@@ -335,9 +335,9 @@ def test_stale_arrays_and_missing_meta_fail_in_one_line(arrays, tmp_path):
     assert proc.returncode == 2
     assert out.strip().count("\n") == 0 and out.startswith("error:") and "checksum" in out, out
     (stale / config.META_FILE).unlink()
-    with pytest.raises(UserError, match="meta.json is missing"):
+    with pytest.raises(FervggError, match="meta.json is missing"):
         run_training(stale, tmp_path, "--weights", "none")
-    with pytest.raises(UserError, match="not found"):
+    with pytest.raises(FervggError, match="not found"):
         run_training(tmp_path / "nowhere", tmp_path, "--weights", "none")
 
 
@@ -421,10 +421,10 @@ def test_fine_tuning_from_a_saved_model_learns_a_new_class_set(arrays, tmp_path)
 
 
 def test_missing_start_model_is_a_user_error(arrays, tmp_path):
-    with pytest.raises(UserError, match="model to start from not found"):
+    with pytest.raises(FervggError, match="model to start from not found"):
         run_training(arrays, tmp_path, "--weights", str(tmp_path / "nope.keras"), "--epochs", "1")
     if not config.PRETRAINED_MODEL.is_file():
-        with pytest.raises(UserError, match="shipped model"):
+        with pytest.raises(FervggError, match="shipped model"):
             run_training(arrays, tmp_path, "--weights", "fer2013", "--epochs", "1")
 
 
@@ -485,7 +485,7 @@ def test_nonfinite_loss_stops_with_an_error_and_keeps_the_good_model(arrays, tmp
 
     with monkeypatch.context() as m:
         m.setattr(training, "compile_model", compile_nan)
-        with pytest.raises(UserError, match=r"training diverged: the loss became nan in epoch 1, batch 1"):
+        with pytest.raises(FervggError, match=r"training diverged: the loss became nan in epoch 1, batch 1"):
             run_training(arrays, tmp_path, *args)
     assert {f.name: f.read_bytes() for f in models.glob("best_model.*")} == good
     assert not (models / config.PREVIOUS_MODELS_DIR).exists()

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from fervgg import config
-from fervgg.common import UserError, atomic_save_npy, atomic_write_json, read_json, sha256_file, utc_now
+from fervgg.common import FervggError, atomic_save_npy, atomic_write_json, read_json, sha256_file, utc_now
 
 FORMAT_VERSION = 1
 
@@ -81,31 +81,31 @@ def bytes_needed(n_images: int, image_size: int) -> int:
 def read_meta(data_dir: Path) -> dict:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise UserError(
+        raise FervggError(
             f"preprocessed data folder not found: {data_dir} "
             "(run scripts/data_processing.py first, or pass --data-dir)"
         )
     meta_path = data_dir / config.META_FILE
     if not meta_path.is_file():
-        raise UserError(
+        raise FervggError(
             f"{meta_path} is missing: the arrays in {data_dir} are incomplete or from an "
             "interrupted run; run scripts/data_processing.py again"
         )
     meta = read_json(meta_path, "preprocessing metadata")
     if not isinstance(meta, dict):
-        raise UserError(f"{meta_path} is not a preprocessing metadata object: re-run scripts/data_processing.py")
+        raise FervggError(f"{meta_path} is not a preprocessing metadata object: re-run scripts/data_processing.py")
     version = meta.get("format_version", FORMAT_VERSION)
     if version != FORMAT_VERSION:
-        raise UserError(f"{meta_path} has format version {version}; this code reads version {FORMAT_VERSION}: "
+        raise FervggError(f"{meta_path} has format version {version}; this code reads version {FORMAT_VERSION}: "
                         "re-run scripts/data_processing.py (or update the code)")
     for key in ("class_names", "image_size", "sha256", "counts"):
         if key not in meta:
-            raise UserError(f"{meta_path} has no '{key}': re-run scripts/data_processing.py")
+            raise FervggError(f"{meta_path} has no '{key}': re-run scripts/data_processing.py")
     return meta
 
 
 def load_split(data_dir: Path, split: str, meta: dict | None = None, verify: bool = True) -> Split:
-    """Load X/y of one split and check them against meta.json; UserError if anything is off."""
+    """Load X/y of one split and check them against meta.json; FervggError if anything is off."""
     data_dir = Path(data_dir)
     meta = meta if meta is not None else read_meta(data_dir)
     size = int(meta["image_size"])
@@ -115,31 +115,31 @@ def load_split(data_dir: Path, split: str, meta: dict | None = None, verify: boo
     for name in (x_name, y_name):
         path = data_dir / name
         if not path.is_file():
-            raise UserError(f"{path} is missing: re-run scripts/data_processing.py")
+            raise FervggError(f"{path} is missing: re-run scripts/data_processing.py")
         expected = meta["sha256"].get(name)
         if verify and expected is None:
-            raise UserError(f"{data_dir / config.META_FILE} has no checksum for {name}: re-run preprocessing")
+            raise FervggError(f"{data_dir / config.META_FILE} has no checksum for {name}: re-run preprocessing")
         if verify and sha256_file(path) != expected:
-            raise UserError(
+            raise FervggError(
                 f"{path} does not match the checksum in meta.json (stale or modified); "
                 "re-run scripts/data_processing.py"
             )
         try:
             arrays[name] = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
-            raise UserError(f"{path} is not a valid .npy array ({exc})") from None
+            raise FervggError(f"{path} is not a valid .npy array ({exc})") from None
     x, y = arrays[x_name], arrays[y_name]
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (size, size, 1):
-        raise UserError(
+        raise FervggError(
             f"{data_dir / x_name} has dtype {x.dtype} and shape {x.shape}; expected uint8 "
             f"(N, {size}, {size}, 1) as recorded in meta.json: re-run scripts/data_processing.py"
         )
     if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
-        raise UserError(f"{data_dir / y_name} must be a 1-D integer array, got {y.dtype} {y.shape}")
+        raise FervggError(f"{data_dir / y_name} must be a 1-D integer array, got {y.dtype} {y.shape}")
     if len(x) != len(y):
-        raise UserError(f"{x_name} has {len(x)} images but {y_name} has {len(y)} labels")
+        raise FervggError(f"{x_name} has {len(x)} images but {y_name} has {len(y)} labels")
     if len(y) and (y.min() < 0 or y.max() >= n_classes):
-        raise UserError(
+        raise FervggError(
             f"{data_dir / y_name} has labels outside 0..{n_classes - 1} "
             f"({n_classes} classes in meta.json)"
         )

@@ -12,7 +12,7 @@ import numpy as np
 
 from fervgg import config
 from fervgg import emotion_model  # TF-free at import time: TensorFlow is only imported to load a .keras
-from fervgg.common import UserError, check_gray_input, model_not_found, sha256_file
+from fervgg.common import FervggError, check_gray_input, model_not_found, sha256_file
 
 BACKENDS = ("auto", "litert", "keras")
 
@@ -29,7 +29,7 @@ def choose_model(args) -> tuple[str, Path, Path]:
         model = shipped
     if model.suffix == config.TFLITE_SUFFIX:
         if args.backend == "keras":
-            raise UserError(f"--backend keras needs a .keras model, not {model}")
+            raise FervggError(f"--backend keras needs a .keras model, not {model}")
         return "litert", model, model.with_suffix(".keras")
     lite = model.with_suffix(config.TFLITE_SUFFIX)
     export_hint = f"python scripts/export_model.py --model {model}"
@@ -39,7 +39,7 @@ def choose_model(args) -> tuple[str, Path, Path]:
         return "keras", model, model
     if args.backend == "litert":
         if not lite.is_file():
-            raise UserError(f"no LiteRT model {lite}: create it with {export_hint}")
+            raise FervggError(f"no LiteRT model {lite}: create it with {export_hint}")
         if not export_is_current(model, lite):
             print(f"warning: {lite} is older than {model}: re-export it with {export_hint}", file=sys.stderr)
         return "litert", lite, model
@@ -100,10 +100,10 @@ def class_names_for(info_path: Path, classifier) -> list[str]:
         print(f"warning: {info.assumed} ({', '.join(info.class_names)})", file=sys.stderr)
     names = info.class_names
     if len(names) != classifier.num_outputs:
-        raise UserError(f"{emotion_model.sidecar_path(info_path)} lists {len(names)} classes but the model "
+        raise FervggError(f"{emotion_model.sidecar_path(info_path)} lists {len(names)} classes but the model "
                         f"has {classifier.num_outputs} outputs")
     side = info.image_size
     if side != classifier.image_size:
-        raise UserError(f"{emotion_model.sidecar_path(info_path)} says image size {side} but the model "
+        raise FervggError(f"{emotion_model.sidecar_path(info_path)} says image size {side} but the model "
                         f"takes {classifier.image_size}x{classifier.image_size}")
     return names

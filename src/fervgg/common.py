@@ -1,17 +1,14 @@
-"""Small helpers every script uses: one-line errors, atomic writes, checksums, the
-messages and checks several scripts share."""
+"""Small helpers shared across the package: the error type, atomic writes, checksums, the
+messages and checks several modules share."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import hashlib
 import json
-import math
 import os
 import platform
-import signal
 import sys
 import tempfile
 from datetime import datetime, timezone
@@ -25,74 +22,15 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults, except for on/off switches and unset options, where they mislead;
-    keeps the line breaks of descriptions and epilogs as written."""
-
-    def _get_help_string(self, action):
-        if action.nargs == 0 or action.default is None or action.default is argparse.SUPPRESS:
-            return action.help
-        return super()._get_help_string(action)
-
-
-def number(kind: type = float, low: float | None = None, high: float | None = None, *,
-           above: float | None = None, below: float | None = None) -> Callable[[str], float]:
-    """An argparse `type`: a finite int or float within bounds (low/high inclusive,
-    above/below exclusive), so "nan", "inf" and out-of-range values are refused with
-    one line before any work starts."""
-    limits = [f">= {low:g}" if low is not None else "", f"> {above:g}" if above is not None else "",
-              f"<= {high:g}" if high is not None else "", f"< {below:g}" if below is not None else ""]
-    wanted = " and ".join(x for x in limits if x)
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high) \
-                or (above is not None and value <= above) or (below is not None and value >= below):
-            raise argparse.ArgumentTypeError(f"{text} is out of range (must be finite and {wanted})"
-                                             if wanted else f"{text} is not a finite number")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
-    return parse
-
-
-class UserError(Exception):
-    """A problem the user can fix (bad flag, missing file): printed as one line, exit 2."""
-
-
-def run_cli(main: Callable[[], int | None]) -> None:
-    """Run a script's main() and turn errors into one clear line and an exit code.
-
-    SIGTERM is treated like Ctrl+C so that `kill` also goes through the clean-up path.
-    """
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
-        code = main()
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("\ninterrupted: nothing half-written was left on disk.", file=sys.stderr)
-        sys.exit(130)
-    except OSError as exc:
-        if exc.errno not in DISK_ERRORS:
-            raise
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where}; files are written atomically, so what was there "
-              "before is intact", file=sys.stderr)
-        sys.exit(1)
-    sys.exit(code or 0)
+class FervggError(Exception):
+    """Any problem of ours a user can fix (a bad input, a missing or damaged file): the
+    message is one line. The scripts print it (settings named `like_this` become flags)
+    and exit 2."""
 
 
 # Write failures a user can fix (free space, permissions): one line, not a traceback.
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
 
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def import_tensorflow():
@@ -193,13 +131,13 @@ def atomic_save_keras(model, path: Path) -> None:
 def writable_folder(path: Path, flag: str) -> Path:
     """Check, before any long work, that files can be written in `path` or, if it does not
     exist yet, that it can be created (nothing is created); returns the nearest existing
-    folder. A UserError naming the flag otherwise."""
+    folder. A FervggError naming the flag otherwise."""
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
         where = "is a file" if existing == path else f"is under {existing}, which is a file"
-        raise UserError(f"{flag} {path} {where}, not a folder")
+        raise FervggError(f"{flag} {path} {where}, not a folder")
     try:
         if existing == path:
             with tempfile.TemporaryFile(dir=path):
@@ -207,7 +145,7 @@ def writable_folder(path: Path, flag: str) -> Path:
         elif not os.access(existing, os.W_OK | os.X_OK):
             raise PermissionError(13, "Permission denied")
     except OSError as exc:
-        raise UserError(f"cannot write to {flag} {path}: {exc.strerror or exc}") from None
+        raise FervggError(f"cannot write to {flag} {path}: {exc.strerror or exc}") from None
     return existing
 
 
@@ -219,11 +157,11 @@ def sha256_file(path: Path) -> str:
 def read_json(path: Path, what: str) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{what} not found: {path}")
+        raise FervggError(f"{what} not found: {path}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{what} is not readable JSON ({path}): {exc}") from None
+        raise FervggError(f"{what} is not readable JSON ({path}): {exc}") from None
 
 
 def printable(text) -> str:
@@ -241,15 +179,15 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
 
 
-def model_not_found(path: Path) -> UserError:
-    return UserError(f"model not found: {path} (train one with scripts/model_training.py, or pass --model PATH)")
+def model_not_found(path: Path) -> FervggError:
+    return FervggError(f"model not found: {path} (train one with scripts/model_training.py, or pass --model PATH)")
 
 
 def check_gray_input(shape, where) -> int:
-    """S of a model input shape (N, S, S, 1); UserError for anything else."""
+    """S of a model input shape (N, S, S, 1); FervggError for anything else."""
     shape = tuple(shape)
     if len(shape) != 4 or shape[3] != 1 or shape[1] != shape[2] or not isinstance(shape[1], int):
-        raise UserError(f"{where}: input shape {shape} is not (N, S, S, 1) square grayscale images "
+        raise FervggError(f"{where}: input shape {shape} is not (N, S, S, 1) square grayscale images "
                         "as the models of model_training.py take")
     return int(shape[1])
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fervgg import config
-from fervgg.common import (UserError, atomic_write_json, first_line, import_tensorflow, library_versions,
+from fervgg.common import (FervggError, atomic_write_json, first_line, import_tensorflow, library_versions,
                            model_not_found, utc_now)
 
 # VGG16 "caffe" preprocessing: BGR channel means of ImageNet, no scaling.
@@ -58,15 +58,15 @@ def saved_backbone(weights: str, image_size: int, backbone_size: int | None = No
     if not path.is_file():
         hint = (" (the shipped model: git clone/pull the full repository)" if weights == "fer2013"
                 else " (expected a .keras model saved by model_training.py)")
-        raise UserError(f"model to start from not found: {path}{hint}")
+        raise FervggError(f"model to start from not found: {path}{hint}")
     saved = load_model(path)
     try:
         trained = saved.get_layer(BACKBONE_NAME)
     except ValueError:
-        raise UserError(f"{path} has no '{BACKBONE_NAME}' backbone: not a model saved by this project") from None
+        raise FervggError(f"{path} has no '{BACKBONE_NAME}' backbone: not a model saved by this project") from None
     side = int(saved.input_shape[1])
     if side != image_size:
-        raise UserError(f"{path} takes {side}x{side} images but the data is {image_size}x{image_size}: "
+        raise FervggError(f"{path} takes {side}x{side} images but the data is {image_size}x{image_size}: "
                         f"preprocess with --image-size {side}")
     # A fresh backbone of the same layout (so it computes in this run's precision), then
     # the trained weights.
@@ -89,16 +89,16 @@ def vgg16_backbone(image_size: int, weights: str):
             return keras.applications.VGG16(include_top=False, weights="imagenet", input_shape=shape)
         except Exception as exc:  # Keras raises a bare Exception on a failed download
             if "fetch failure" in str(exc) or "URL" in str(exc) or isinstance(exc, OSError):
-                raise UserError(imagenet_weights_help()) from None
+                raise FervggError(imagenet_weights_help()) from None
             raise
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise UserError(f"weights file not found: {path} (expected {config.VGG16_NOTOP_WEIGHTS} "
+        raise FervggError(f"weights file not found: {path} (expected {config.VGG16_NOTOP_WEIGHTS} "
                         "or a .weights.h5 file of VGG16 without top)")
     try:
         return keras.applications.VGG16(include_top=False, weights=str(path), input_shape=shape)
     except Exception as exc:
-        raise UserError(f"cannot load VGG16 weights from {path}: {first_line(exc)}") from None
+        raise FervggError(f"cannot load VGG16 weights from {path}: {first_line(exc)}") from None
 
 
 def plain_vgg16(image_size: int):
@@ -141,7 +141,7 @@ def build_model(num_classes: int, image_size: int = config.IMAGE_SIZE, weights: 
     from keras import layers
 
     if image_size < 32:
-        raise UserError(f"image size {image_size} is too small for VGG16 (at least 32)")
+        raise FervggError(f"image size {image_size} is too small for VGG16 (at least 32)")
     inputs = keras.Input((image_size, image_size, 1), name="pixels")
     x = inputs
     if crop_size:
@@ -191,12 +191,12 @@ def sidecar_path(model_path: Path) -> Path:
     return Path(model_path).with_suffix(".json")
 
 
-def folder_not_model(path: Path) -> UserError:
-    return UserError(f"{path} is a folder: pass the model file in it, e.g. {Path(path) / config.BEST_MODEL}")
+def folder_not_model(path: Path) -> FervggError:
+    return FervggError(f"{path} is a folder: pass the model file in it, e.g. {Path(path) / config.BEST_MODEL}")
 
 
 def load_model(model_path: Path, compile: bool = False, float32: bool = True):
-    """Load a .keras (or legacy .h5) model safely; UserError if missing or unreadable.
+    """Load a .keras (or legacy .h5) model safely; FervggError if missing or unreadable.
 
     `float32` (the default, for inference) rebuilds a mixed-precision model in float32:
     predictions are then the same on every path (Keras, LiteRT export) and no bf16
@@ -208,7 +208,7 @@ def load_model(model_path: Path, compile: bool = False, float32: bool = True):
     if not model_path.is_file():
         raise model_not_found(model_path)
     if model_path.suffix == ".keras" and not zipfile.is_zipfile(model_path):
-        raise UserError(f"{model_path} exists but is not a valid Keras model file (a .keras file is a zip "
+        raise FervggError(f"{model_path} exists but is not a valid Keras model file (a .keras file is a zip "
                         "archive; this one is damaged or truncated): re-train or re-copy it")
     import_tensorflow()
     import keras
@@ -217,9 +217,9 @@ def load_model(model_path: Path, compile: bool = False, float32: bool = True):
         model = keras.models.load_model(model_path, compile=compile, safe_mode=True)
     except Exception as exc:
         if "Lambda" in str(exc) or "safe_mode" in str(exc):
-            raise UserError(f"{model_path} contains code (a Lambda layer) and is refused: models are only "
+            raise FervggError(f"{model_path} contains code (a Lambda layer) and is refused: models are only "
                             "loaded from built-in layers") from None
-        raise UserError(f"cannot load model {model_path}: {first_line(exc)}") from None
+        raise FervggError(f"cannot load model {model_path}: {first_line(exc)}") from None
     return as_float32(model) if float32 else model
 
 
@@ -304,18 +304,18 @@ def model_info(model_path: Path, num_outputs: int | None = None) -> ModelInfo:
         try:
             info = json.loads(side.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UserError(damaged.format(first_line(exc, 120))) from None
+            raise FervggError(damaged.format(first_line(exc, 120))) from None
         if not isinstance(info, dict) or not isinstance(info.get("class_names"), list) \
                 or not isinstance(info.get("image_size"), int):
-            raise UserError(damaged.format("no class_names list and image_size"))
+            raise FervggError(damaged.format("no class_names list and image_size"))
         version = info.get("format_version", SIDECAR_VERSION)
         if version != SIDECAR_VERSION:
-            raise UserError(damaged.format(f"format version {version}, this code reads {SIDECAR_VERSION}"))
+            raise FervggError(damaged.format(f"format version {version}, this code reads {SIDECAR_VERSION}"))
         return ModelInfo([str(n) for n in info["class_names"]], info["image_size"], info)
     if num_outputs in (None, len(config.CLASS_NAMES)):
         return ModelInfo(list(config.CLASS_NAMES), config.IMAGE_SIZE,
                          assumed=f"{side} not found: assuming FER2013's 7 classes")
-    raise UserError(f"{side} is missing and the model has {num_outputs} outputs: cannot tell its class names")
+    raise FervggError(f"{side} is missing and the model has {num_outputs} outputs: cannot tell its class names")
 
 
 def default_model_path(models_dir: Path) -> Path:

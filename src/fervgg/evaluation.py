@@ -15,12 +15,12 @@ import numpy as np
 from fervgg import config
 from fervgg import tta
 from fervgg.artifacts import Split, array_names, load_split, read_meta
-from fervgg.common import UserError, check_gray_input
+from fervgg.common import FervggError, check_gray_input
 from fervgg.emotion_model import model_info, sidecar_path
 
 
 def load_arrays(data_dir: Path, split: str) -> tuple[dict, list[Split]]:
-    """The preprocessed split(s), verified against meta.json (UserError when anything is off)."""
+    """The preprocessed split(s), verified against meta.json (FervggError when anything is off)."""
     meta = read_meta(data_dir)
     splits = ("val", "test") if split == "both" else (split,)
     out = []
@@ -30,7 +30,7 @@ def load_arrays(data_dir: Path, split: str) -> tuple[dict, list[Split]]:
             if len(splits) > 1:
                 print(f"warning: the {name} split in {data_dir} has no images; skipped", file=sys.stderr)
                 continue
-            raise UserError(f"the {name} split in {data_dir} has no images "
+            raise FervggError(f"the {name} split in {data_dir} has no images "
                             "(re-run data_processing.py with a non-zero fraction for it)")
         x_name, y_name = array_names(name)
         out.append(Split(name, s.x, s.y, list(meta["class_names"]), {
@@ -39,7 +39,7 @@ def load_arrays(data_dir: Path, split: str) -> tuple[dict, list[Split]]:
             "created": meta.get("created"),
         }))
     if not out:
-        raise UserError(f"no images in the {' and '.join(splits)} splits of {data_dir}")
+        raise FervggError(f"no images in the {' and '.join(splits)} splits of {data_dir}")
     return meta, out
 
 
@@ -53,28 +53,28 @@ def model_classes(path: Path, n_outputs: int, data_classes: list[str] | None) ->
     if data_classes is not None and len(data_classes) == n_outputs:
         return list(data_classes), (f"{sidecar_path(path)} is missing: assuming the model's "
                                     f"{n_outputs} outputs are the data's classes in order")
-    info = model_info(path, n_outputs)  # FER2013's classes for 7 outputs, else UserError
+    info = model_info(path, n_outputs)  # FER2013's classes for 7 outputs, else FervggError
     return info.class_names, info.assumed
 
 
 def output_count(model, path: Path) -> int:
     shape = model.output_shape
     if isinstance(shape, list) or len(shape) != 2 or not isinstance(shape[1], int):
-        raise UserError(f"{path} has output shape {shape}; expected one softmax over the classes (None, K)")
+        raise FervggError(f"{path} has output shape {shape}; expected one softmax over the classes (None, K)")
     return shape[1]
 
 
 def input_size(model, path: Path) -> int:
-    """S of a model taking (S, S, 1) grayscale images; UserError for any other input."""
+    """S of a model taking (S, S, 1) grayscale images; FervggError for any other input."""
     shape = model.input_shape
     if isinstance(shape, list):
-        raise UserError(f"{path} has several inputs {shape}; expected one (None, S, S, 1)")
+        raise FervggError(f"{path} has several inputs {shape}; expected one (None, S, S, 1)")
     return check_gray_input(shape, path)
 
 
 def check_count(path: Path, n_out: int, classes: list[str], where: str) -> None:
     if n_out != len(classes):
-        raise UserError(f"{path} has {n_out} outputs but {where} has {len(classes)} classes {classes}: "
+        raise FervggError(f"{path} has {n_out} outputs but {where} has {len(classes)} classes {classes}: "
                         "the model was trained on other data; evaluate it on matching data, or pass the "
                         "matching --model")
 
@@ -84,12 +84,12 @@ def check_model(model, path: Path, data: Split, model_names: list[str], where: s
     classes = data.class_names
     check_count(path, output_count(model, path), classes, where)
     if list(model_names) != list(classes):
-        raise UserError(f"{path} was trained on classes {list(model_names)} (its {sidecar_path(path).name}) "
+        raise FervggError(f"{path} was trained on classes {list(model_names)} (its {sidecar_path(path).name}) "
                         f"but {where} has classes {classes}: the labels would not match")
     shape = tuple(model.input_shape[1:])
     size = data.x.shape[1]
     if shape != (size, size, 1):
-        raise UserError(f"{path} takes input {shape} but {where} has {size}x{size} grayscale images: "
+        raise FervggError(f"{path} takes input {shape} but {where} has {size}x{size} grayscale images: "
                         f"re-run data_processing.py with --image-size {shape[0]}")
 
 

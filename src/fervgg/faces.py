@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from fervgg import config
-from fervgg.common import UserError
+from fervgg.common import FervggError
 
 DETECTORS = ("opencv", "mtcnn")
 
@@ -130,7 +130,7 @@ def _cascade(name: str):
         path = cv2.data.haarcascades + name
         cascade = cv2.CascadeClassifier(path)
         if cascade.empty():
-            raise UserError(f"cannot load OpenCV's {name} (opencv-python-headless 4.x ships it: "
+            raise FervggError(f"cannot load OpenCV's {name} (opencv-python-headless 4.x ships it: "
                             f"reinstall it, see requirements.txt)")
         _cascades[name] = cascade
     return _cascades[name]
@@ -190,7 +190,7 @@ def load_detector(detector: str) -> None:
         try:
             from mtcnn import MTCNN
         except ImportError as exc:
-            raise UserError(f"--detector mtcnn needs the mtcnn package ({exc}): "
+            raise FervggError(f"--detector mtcnn needs the mtcnn package ({exc}): "
                             "pip install mtcnn==1.0.0, or use --detector opencv") from None
         _mtcnn = MTCNN(device="CPU:0")
 

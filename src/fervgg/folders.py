@@ -16,7 +16,7 @@ import tqdm as tqdm_module
 from tqdm import tqdm
 
 from fervgg.artifacts import Split
-from fervgg.common import UserError
+from fervgg.common import FervggError
 from fervgg.imaging import BadImage, list_files, load_gray
 
 PARALLEL_MIN_FILES = 256  # below this a process pool costs more than it saves
@@ -93,7 +93,7 @@ class ImageFolder:
     def __init__(self, root: Path, workers: int):
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
-            raise UserError(f"image folder not found: {self.root} (--images expects DIR/<class>/<images>)")
+            raise FervggError(f"image folder not found: {self.root} (--images expects DIR/<class>/<images>)")
         self.workers = workers
         self.folders = {name: list_files(self.root / name) for name in class_folders(self.root)}
         self.loose = [p for p in sorted(self.root.iterdir()) if p.is_file() and not p.name.startswith(".")]
@@ -110,7 +110,7 @@ class ImageFolder:
                       if any(c.lower() in index for c in _subfolders(self.root / f))]
             if nested:
                 hint = f"; did you mean --images {self.root / nested[0]}?"
-            raise UserError(f"no folder in {self.root} is named like one of the model's classes "
+            raise FervggError(f"no folder in {self.root} is named like one of the model's classes "
                             f"{class_names} (found: {sorted(self.folders) or 'no folders'}){hint}")
         return known, unknown
 
@@ -152,7 +152,7 @@ class ImageFolder:
             if len(bad) > 10:
                 print(f"  ... {len(bad) - 10} more in the evaluation's metrics.json", file=sys.stderr)
         if not use.any():
-            raise UserError(f"no readable images in the class folders of {self.root}")
+            raise FervggError(f"no readable images in the class folders of {self.root}")
         missing = [c for i, c in enumerate(class_names) if i not in known.values()]
         if missing:
             print(f"warning: no folder in {self.root} for the classes {missing}: their support is 0",

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from fervgg import config
-from fervgg.common import first_line
+from fervgg.common import FervggError, first_line
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -44,7 +44,7 @@ def too_large(width: int, height: int, limit: int) -> str:
 set_max_pixels(config.MAX_IMAGE_PIXELS)
 
 
-class BadImage(Exception):
+class BadImage(FervggError):
     """The file cannot be used as an image; the message says why, in a few words."""
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fervgg.common import UserError, check_gray_input, first_line, redirected_stderr
+from fervgg.common import FervggError, check_gray_input, first_line, redirected_stderr
 
 # Printed by LiteRT's C++ code on every start; not worth a user's attention.
 _NOISE = ("Created TensorFlow Lite XNNPACK delegate",)
@@ -48,17 +48,17 @@ class LiteRTClassifier:
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise UserError(f"LiteRT model not found: {self.path} (create it with "
+            raise FervggError(f"LiteRT model not found: {self.path} (create it with "
                             f"scripts/export_model.py --model {self.path.with_suffix('.keras')})")
         try:
             self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads or cpu_count())
         except (ValueError, RuntimeError) as exc:
-            raise UserError(f"cannot load LiteRT model {self.path}: {first_line(exc)} "
+            raise FervggError(f"cannot load LiteRT model {self.path}: {first_line(exc)} "
                             "(re-create it with scripts/export_model.py)") from None
         inputs = self.interpreter.get_input_details()
         outputs = self.interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
-            raise UserError(f"{self.path}: expected one input and one output, got "
+            raise FervggError(f"{self.path}: expected one input and one output, got "
                             f"{len(inputs)} and {len(outputs)}")
         self._input, self._output = inputs[0], outputs[0]
         shape = [int(v) for v in self._input.get("shape_signature", self._input["shape"])]

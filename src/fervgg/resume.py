@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fervgg import config
-from fervgg.common import UserError, atomic_save_keras, atomic_write_json, first_line
+from fervgg.common import FervggError, atomic_save_keras, atomic_write_json, first_line
 
 # Settings that must match for a run to be resumed (others, like --epochs, may change).
 RESUME_KEYS = ("weights", "batch_size", "lr", "fine_tune_lr", "fine_tune_blocks", "optimizer",
@@ -51,13 +51,13 @@ class ResumeState:
         try:
             state = json.loads(self.json_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UserError(damaged.format(first_line(exc, 120))) from None
+            raise FervggError(damaged.format(first_line(exc, 120))) from None
         if not isinstance(state, dict) or not isinstance(state.get("fingerprint"), str) \
                 or not isinstance(state.get("epoch", 0), int):
-            raise UserError(damaged.format("not a resume state"))
+            raise FervggError(damaged.format("not a resume state"))
         model_file = state.get("model_file")
         if model_file and not (self.dir / model_file).is_file():
-            raise UserError(damaged.format(f"its checkpoint {model_file} is missing"))
+            raise FervggError(damaged.format(f"its checkpoint {model_file} is missing"))
         return state
 
     def save(self, model, state: dict) -> None:
@@ -72,14 +72,14 @@ class ResumeState:
                 old.unlink(missing_ok=True)
 
     def load_model(self, state: dict):
-        """The checkpoint with its optimizer state; UserError if it cannot be read."""
+        """The checkpoint with its optimizer state; FervggError if it cannot be read."""
         path = self.dir / state["model_file"]
         import keras
 
         try:
             return keras.models.load_model(path, safe_mode=True, compile=True)
         except Exception as exc:  # a truncated or damaged .keras file
-            raise UserError(f"cannot read the resume checkpoint {path} ({first_line(exc, 120)}); nothing was "
+            raise FervggError(f"cannot read the resume checkpoint {path} ({first_line(exc, 120)}); nothing was "
                             "deleted. Re-run with --fresh to start a new run") from None
 
     def clear(self) -> None:

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from fervgg import config
-from fervgg.common import UserError, atomic_save_keras
+from fervgg.common import FervggError, atomic_save_keras
 from fervgg.resume import Clock, ResumeState
 
 
@@ -205,7 +205,7 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = float((logs or {}).get("loss", 0.0))
         if not math.isfinite(loss):
-            raise UserError(f"training diverged: the loss became {loss} in epoch {self.epoch + 1}, batch "
+            raise FervggError(f"training diverged: the loss became {loss} in epoch {self.epoch + 1}, batch "
                             f"{batch + 1}; nothing from this epoch was saved. Lower --lr (it was {self.lr:g}) "
                             "and add --fresh to start over")
 

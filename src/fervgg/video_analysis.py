@@ -29,7 +29,7 @@ from PIL import Image
 from fervgg import config
 from fervgg import faces
 from fervgg import imaging
-from fervgg.common import UserError, atomic_write_bytes
+from fervgg.common import FervggError, atomic_write_bytes
 
 # OpenCV and its FFmpeg print warnings of their own for unreadable files and absent
 # cameras; every failure here is reported as one clear line instead.
@@ -67,23 +67,23 @@ def open_video(spec: str) -> VideoSource:
     if spec.isdigit():
         capture = cv2.VideoCapture(int(spec))
         if not capture.isOpened():
-            raise UserError(f"cannot open camera {spec} (no such camera, or another program uses it)")
+            raise FervggError(f"cannot open camera {spec} (no such camera, or another program uses it)")
         name, is_camera = f"camera {spec}", True
     else:
         path = Path(spec).expanduser()
         if not path.exists():
-            raise UserError(f"no such video file: {path}")
+            raise FervggError(f"no such video file: {path}")
         if not path.is_file():
-            raise UserError(f"not a regular file: {path}")
+            raise FervggError(f"not a regular file: {path}")
         capture = cv2.VideoCapture(str(path))
         if not capture.isOpened():
-            raise UserError(f"cannot read {path} as a video (not a video, or a format OpenCV cannot decode)")
+            raise FervggError(f"cannot read {path} as a video (not a video, or a format OpenCV cannot decode)")
         name, is_camera = str(path), False
     width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
     height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
     if width * height > imaging.max_pixels():
         capture.release()
-        raise UserError(f"{name}: frames too large ({imaging.too_large(width, height, imaging.max_pixels())})")
+        raise FervggError(f"{name}: frames too large ({imaging.too_large(width, height, imaging.max_pixels())})")
     fps = capture.get(cv2.CAP_PROP_FPS)
     fps = fps if math.isfinite(fps) and 0 < fps <= 1000 else 30.0
     count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if not is_camera else 0
@@ -406,19 +406,19 @@ class Annotator:
     def __init__(self, path: Path, source: VideoSource):
         suffix = path.suffix.lower()
         if suffix not in FOURCC:
-            raise UserError(f"--annotate {path}: use one of {', '.join(FOURCC)} for a video")
+            raise FervggError(f"--annotate {path}: use one of {', '.join(FOURCC)} for a video")
         if path.is_dir():
-            raise UserError(f"--annotate {path} is a folder; give a video file name such as out.mp4")
+            raise FervggError(f"--annotate {path} is a folder; give a video file name such as out.mp4")
         self.path = path
         self.partial = path.with_name(f".{path.stem}.partial{suffix}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UserError(f"cannot create the folder of --annotate {path}: {exc.strerror or exc}") from None
+            raise FervggError(f"cannot create the folder of --annotate {path}: {exc.strerror or exc}") from None
         self.writer = cv2.VideoWriter(str(self.partial), cv2.VideoWriter_fourcc(*FOURCC[suffix]),
                                       source.fps, (source.width, source.height))
         if not self.writer.isOpened():
-            raise UserError(f"cannot write the video {path} (folder not writable, or no encoder for {suffix})")
+            raise FervggError(f"cannot write the video {path} (folder not writable, or no encoder for {suffix})")
         self.frames = 0
 
     def write(self, frame: np.ndarray, rows: list[FaceRow], class_names: list[str]) -> None:
@@ -511,7 +511,7 @@ def analyse_video(options: VideoOptions, classifier, class_names: list[str],
     if frames_read == 0:
         if annotator is not None:
             annotator.discard()
-        raise UserError(f"{source.name}: no frame could be read (empty or damaged video)")
+        raise FervggError(f"{source.name}: no frame could be read (empty or damaged video)")
     if annotator is not None:
         annotator.close()
     if timeline is not None:
