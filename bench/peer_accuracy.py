@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 
 from fervgg import config
 from fervgg import tta
-from fervgg.common import HelpFormatter, FervggError, atomic_write_bytes, import_tensorflow, run_cli
+from fervgg.common import HelpFormatter, FervggError, atomic_write_bytes, cpu_count, import_tensorflow, run_cli
 from fervgg.emotion_model import default_model_path, load_model, model_info
 from fervgg.evaluation import compute_metrics, input_size, make_predictor, model_classes, output_count, predict
 from fervgg.folders import ImageFolder
@@ -62,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=config.EVAL_BATCH_SIZE, help="images per forward pass")
     p.add_argument("--tta", action="store_true",
                    help="our model only: also report test-time augmentation (evaluate_model.py's ten crops)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes")
+    p.add_argument("--workers", type=int, default=cpu_count(), help="decoding processes")
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be at least 1")

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from fervgg.common import cpu_count
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "predict_emotion.py"
 SHARED = ROOT.parent / "shared"
@@ -104,7 +106,7 @@ def main() -> None:
         for path in crops.iterdir():  # warm the page cache for both backends alike
             path.read_bytes()
 
-        print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; python {sys.version.split()[0]}")
+        print(f"machine: {cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; python {sys.version.split()[0]}")
         print(f"cold start, one image ({what}), median of {args.repeats} fresh processes:")
         cold = {}
         for backend in ("litert", "keras"):

@@ -68,12 +68,16 @@ def cpu_description() -> str:
                 flags |= set(value.split())
     except OSError:
         pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
     found = [f for f in SPEED_FLAGS if f in flags]
-    return f"{model}, {cores} cores" + (f", {' '.join(found)}" if found else "")
+    return f"{model}, {cpu_count()} cores" + (f", {' '.join(found)}" if found else "")
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (a container's or taskset's share, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def onednn_enabled() -> bool | None:
