@@ -138,14 +138,14 @@ def test_exif_orientation_is_applied(tmp_path, name, kwargs):
 
 def test_pixel_limit_applies_to_the_decoded_size(tmp_path):
     """The limit is on what gets decoded: a JPEG over it at full size is accepted when draft
-    mode shrinks it under, refused (naming size, limit and flag) when it cannot."""
+    mode shrinks it under, refused (naming size, limit and setting) when it cannot."""
     path = tmp_path / "big.jpg"
     save(path, np.kron(BLOCKS, np.ones((128, 128), dtype=np.uint8)), quality=90)  # 2048x2048
     side = Image.open(path).size[0]
     try:
         imaging.set_max_pixels(side * side // 10)
         with pytest.raises(imaging.BadImage, match=rf"{side}x{side} = .* megapixels, over the limit of "
-                                                   r".*; --max-megapixels raises it"):
+                                                   r".*; `max_megapixels` raises it"):
             imaging.open_image(path)
         image = imaging.open_image(path, draft_size=side // 8)
         assert image.size == (side // 8, side // 8)  # the smallest 1/2^k scale still >= draft size

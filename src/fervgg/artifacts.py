@@ -1,6 +1,6 @@
 """The preprocessed arrays on disk, this module's format alone: names, writing, checks on read.
 
-Written by data_processing.py, read by training and evaluation. `meta.json` is
+Written by preprocessing (fervgg.preprocess), read by training and evaluation. `meta.json` is
 written last and holds the SHA-256 of every array, so stale, mismatched or
 half-written arrays are detected before anything trains on them.
 """
@@ -83,7 +83,7 @@ def read_meta(data_dir: Path) -> dict:
     if not data_dir.is_dir():
         raise FervggError(
             f"preprocessed data folder not found: {data_dir} "
-            "(run scripts/data_processing.py first, or pass --data-dir)"
+            "(run scripts/data_processing.py first, or pass `data_dir`)"
         )
     meta_path = data_dir / config.META_FILE
     if not meta_path.is_file():

@@ -1,7 +1,7 @@
 """Image-folder datasets: DIR/<class>/<images>, found, decoded in parallel, labelled.
 
-Used by data_processing.py (to build the arrays) and evaluate_model.py --images (to
-evaluate a folder directly), so both decode every file the same way.
+Used by preprocessing (to build the arrays) and evaluation of an image folder (to
+evaluate it directly), so both decode every file the same way.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import tqdm as tqdm_module
 from tqdm import tqdm
 
 from fervgg.artifacts import Split
@@ -21,8 +20,12 @@ from fervgg.imaging import BadImage, list_files, load_gray
 
 PARALLEL_MIN_FILES = 256  # below this a process pool costs more than it saves
 IMAGES_SPLIT = "images"  # the split name of a whole-folder evaluation
-# tqdm's monitor thread would be inherited half-way by forked workers (deadlock risk).
-tqdm_module.tqdm.monitor_interval = 0
+
+
+class _Progress(tqdm):
+    """tqdm without its monitor thread, which forked workers would inherit half-way
+    (deadlock risk); a subclass, so tqdm's other users keep theirs."""
+    monitor_interval = 0
 
 
 def class_folders(split_dir: Path) -> list[str]:
@@ -60,7 +63,7 @@ def decode_all(paths: list[Path], size: int, workers: int, desc: str, batch: int
         pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_signals)
     try:
         results = pool.imap(_decode_batch, jobs) if pool else map(_decode_batch, jobs)
-        with tqdm(total=len(paths), desc=desc, unit="img", file=sys.stderr,
+        with _Progress(total=len(paths), desc=desc, unit="img", file=sys.stderr,
                   dynamic_ncols=True, disable=None, mininterval=0.5) as bar:
             for b, (data, failures) in enumerate(results):
                 start = b * batch
@@ -93,7 +96,7 @@ class ImageFolder:
     def __init__(self, root: Path, workers: int):
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
-            raise FervggError(f"image folder not found: {self.root} (--images expects DIR/<class>/<images>)")
+            raise FervggError(f"image folder not found: {self.root} (`images` expects DIR/<class>/<images>)")
         self.workers = workers
         self.folders = {name: list_files(self.root / name) for name in class_folders(self.root)}
         self.loose = [p for p in sorted(self.root.iterdir()) if p.is_file() and not p.name.startswith(".")]
@@ -109,7 +112,7 @@ class ImageFolder:
             nested = [f for f in self.folders
                       if any(c.lower() in index for c in _subfolders(self.root / f))]
             if nested:
-                hint = f"; did you mean --images {self.root / nested[0]}?"
+                hint = f"; did you mean `images` {self.root / nested[0]}?"
             raise FervggError(f"no folder in {self.root} is named like one of the model's classes "
                             f"{class_names} (found: {sorted(self.folders) or 'no folders'}){hint}")
         return known, unknown

@@ -15,21 +15,24 @@ from PIL import Image, ImageFile, ImageOps
 from fervgg import config
 from fervgg.common import FervggError, first_line
 
-ImageFile.LOAD_TRUNCATED_IMAGES = False
-warnings.simplefilter("error", Image.DecompressionBombWarning)
 EXIF_ORIENTATION = 0x0112
 # JPEG draft decoding shrinks each side up to 8 times, so a header up to 64 times the
 # decoded limit can still be legitimate; PIL's own check (a backstop behind ours) allows that.
 DRAFT_PIXEL_FACTOR = 64
-LIMIT_FLAG = "--max-megapixels"
+LIMIT_SETTING = "`max_megapixels`"
 _max_pixels = config.MAX_IMAGE_PIXELS
 
 
 def set_max_pixels(pixels: int) -> None:
-    """The decoded-size limit of every image opened from now on (the scripts' --max-megapixels)."""
+    """The decoded-size limit of every image opened from now on (the `max_megapixels`
+    setting), and PIL's process-wide guards to match: its own pixel limit, its bomb warning
+    made an error, truncated files refused. Entry points call it once, before decoding
+    (a process pool's workers inherit it); importing this module changes nothing."""
     global _max_pixels
     _max_pixels = int(pixels)
     Image.MAX_IMAGE_PIXELS = _max_pixels * DRAFT_PIXEL_FACTOR
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 
 def max_pixels() -> int:
@@ -38,10 +41,7 @@ def max_pixels() -> int:
 
 def too_large(width: int, height: int, limit: int) -> str:
     return (f"{width}x{height} = {width * height / 1e6:.1f} megapixels, over the limit of {limit / 1e6:g}; "
-            f"{LIMIT_FLAG} raises it")
-
-
-set_max_pixels(config.MAX_IMAGE_PIXELS)
+            f"{LIMIT_SETTING} raises it")
 
 
 class BadImage(FervggError):
@@ -118,7 +118,7 @@ def _decode(file, max_pixels: int, draft_size: int | None) -> Image.Image:
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadImage(f"image too large (decompression bomb; {LIMIT_FLAG} raises the limit)") from None
+        raise BadImage(f"image too large (decompression bomb; {LIMIT_SETTING} raises the limit)") from None
     except Image.UnidentifiedImageError:
         raise BadImage("not an image (format not recognised)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
