@@ -5,13 +5,13 @@ knows nothing of flags: its messages name settings `like_this`, shown here as --
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import signal
 import sys
 from typing import Callable
 
 from fervgg.common import DISK_ERRORS, FervggError
+from fervgg.settings import out_of_range
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows defaults, except for on/off switches and unset options, where they mislead;
@@ -28,23 +28,28 @@ def number(kind: type = float, low: float | None = None, high: float | None = No
     """An argparse `type`: a finite int or float within bounds (low/high inclusive,
     above/below exclusive), so "nan", "inf" and out-of-range values are refused with
     one line before any work starts."""
-    limits = [f">= {low:g}" if low is not None else "", f"> {above:g}" if above is not None else "",
-              f"<= {high:g}" if high is not None else "", f"< {below:g}" if below is not None else ""]
-    wanted = " and ".join(x for x in limits if x)
-
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high) \
-                or (above is not None and value <= above) or (below is not None and value >= below):
-            raise argparse.ArgumentTypeError(f"{text} is out of range (must be finite and {wanted})"
-                                             if wanted else f"{text} is not a finite number")
+        problem = out_of_range(value, low, high, above=above, below=below)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{text} is {problem}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
+
+
+def parse_settings(parser: argparse.ArgumentParser, argv, make: Callable, flags: dict[str, str] | None = None):
+    """The parsed flags as settings, make(**parsed flags) (a settings dataclass); a value the
+    settings refuse is a usage error like argparse's own, named as a flag."""
+    args = parser.parse_args(argv)
+    try:
+        return make(**vars(args))
+    except FervggError as exc:
+        parser.error(as_flags(str(exc), flags))
 
 
 def as_flags(message: str, flags: dict[str, str] | None = None) -> str:

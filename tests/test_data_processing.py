@@ -1,4 +1,5 @@
-"""scripts/data_processing.py (image decoding itself: test_imaging.py).
+"""Preprocessing: fervgg.preprocess and scripts/data_processing.py, its command line
+(image decoding itself: test_imaging.py).
 
 Everything runs on tiny synthetic images written into tmp_path. Most runs are
 in-process (data_processing.main) for speed; a few go through a subprocess to check
@@ -27,13 +28,14 @@ from fervgg import common
 from fervgg import config
 from fervgg import folders
 from fervgg import imaging
+from fervgg import preprocess
 from fervgg.common import FervggError
 from conftest import script, assert_dark_side, exif_with, save, top_dark
 
 data_processing = script("data_processing")
 
-# As outside pytest: imaging.py makes PIL's bomb warning an error when imported, but pytest
-# resets warning filters around each test.
+# As outside pytest: preprocessing makes PIL's bomb warning an error (imaging.set_max_pixels),
+# but pytest resets warning filters around each test.
 pytestmark = pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")
 
 SIZE = 16  # source images are SIZE x SIZE and processed at --image-size SIZE: no resampling
@@ -536,8 +538,8 @@ def test_full_disk_is_one_line_and_keeps_the_previous_output(tmp_path, monkeypat
 
 def test_not_enough_free_space_is_refused_before_decoding(tmp_path, monkeypatch):
     data = make_dataset(tmp_path / "data", {"a": 5, "b": 5})
-    monkeypatch.setattr(data_processing.shutil, "disk_usage", lambda path: SimpleNamespace(free=100))
-    monkeypatch.setattr(data_processing, "decode_sources", lambda *a: pytest.fail("decoded first"))
+    monkeypatch.setattr(preprocess.shutil, "disk_usage", lambda path: SimpleNamespace(free=100))
+    monkeypatch.setattr(preprocess, "decode_sources", lambda *a: pytest.fail("decoded first"))
     with pytest.raises(FervggError, match=r"not enough free space in .*MiB are free"):
         run(data, tmp_path / "out")
 
@@ -552,8 +554,8 @@ def test_bad_out_dir_fails_before_decoding(tmp_path, monkeypatch, where):
         if os.geteuid() == 0:
             pytest.skip("root writes into read-only folders")
         (tmp_path / "ro").mkdir(mode=0o555)
-    monkeypatch.setattr(data_processing, "decode_sources", lambda *a: pytest.fail("decoded first"))
-    with pytest.raises(FervggError, match="--out-dir"):
+    monkeypatch.setattr(preprocess, "decode_sources", lambda *a: pytest.fail("decoded first"))
+    with pytest.raises(FervggError, match="`out_dir`"):
         run(data, out)
     assert blocker.read_text() == "a file"
 

@@ -1,22 +1,19 @@
-"""scripts/faces.py on generated images, so CI tests detection without ../shared: the demo
+"""fervgg.faces on generated images, so CI tests detection without ../shared: the demo
 data's drawn faces are faces to OpenCV's Haar cascades."""
 
 import numpy as np
 import pytest
-
-from conftest import script
 from PIL import Image
 
 from fervgg import faces
-
-make_demo_data = script("make_demo_data")
+from fervgg.demo_data import draw_face
 
 
 def canvas_with(faces_at: list[tuple[str, int, int, int]], size=(640, 400)) -> Image.Image:
     rng = np.random.default_rng(0)
     canvas = Image.new("RGB", size, (120, 130, 140))
     for emotion, x, y, side in faces_at:
-        canvas.paste(make_demo_data.draw_face(emotion, rng, side).convert("RGB"), (x, y))
+        canvas.paste(draw_face(emotion, rng, side).convert("RGB"), (x, y))
     return canvas
 
 
