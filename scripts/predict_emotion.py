@@ -36,31 +36,20 @@ are on stdout. Ctrl+C stops cleanly: every output written so far is complete.
 from __future__ import annotations
 
 import argparse
-import glob
-import json
-import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
-from cli import HelpFormatter, number, run_cli
-from fervgg import config
-from fervgg import imaging
-from fervgg import tta
-from fervgg.classifiers import BACKENDS, KerasClassifier, choose_model, class_names_for, load_classifier  # noqa: F401
-from fervgg.common import atomic_write_bytes, FervggError, printable, writable_folder
-DETECTORS = ("opencv", "mtcnn")  # faces.DETECTORS; repeated so that --help does not import cv2
-TOP_K = 3
-GLOB_CHARS = set("*?[")
+from cli import HelpFormatter, as_flags, number, run_cli
+from fervgg import config, drawing, records
+from fervgg.classifiers import BACKENDS
+from fervgg.common import FervggError, atomic_write_bytes, printable, writable_folder
+from fervgg.faces import DETECTORS
+from fervgg.inputs import resolve_inputs
+from fervgg.recognizer import EmotionRecognizer, PreparedImage
+
 VIDEO_ONLY = ("every", "fps", "smooth", "plot", "detect_every", "detect_side")
-CSV_HEADER = ["image", "face", "face_found", "x", "y", "w", "h", "emotion", "confidence",
-              "top2", "top2_probability", "top3", "top3_probability"]
-# Box and label colours, one per class (cycled if a model has more classes).
-PALETTE = ["#e6194b", "#3cb44b", "#f58231", "#ffe119", "#4363d8", "#911eb4", "#42d4f4",
-           "#f032e6", "#bfef45", "#fabed4"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -77,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="where the default model is looked for")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto: <model>.tflite via LiteRT if present and up to date, else Keras")
-    p.add_argument("--detector", choices=DETECTORS, default="opencv",
+    p.add_argument("--detector", choices=DETECTORS, default=config.DETECTOR,
                    help="face detector: opencv (Haar cascades, fast start) or mtcnn (TensorFlow)")
     p.add_argument("--no-detect", action="store_true",
                    help="each image is one face already (FER-style crops): no face detection")
@@ -119,7 +108,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be at least 1")
-    if args.no_detect and args.detector != "opencv":
+    if args.no_detect and args.detector != config.DETECTOR:
         p.error("--no-detect and --detector exclude each other")
     if args.video is None:
         used = [f"--{name.replace('_', '-')}" for name in VIDEO_ONLY if getattr(args, name) != p.get_default(name)]
@@ -139,117 +128,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-# ------------------------------------------------------------------------------ inputs
-
-def is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in config.IMAGE_EXTENSIONS
-
-
-def image_files_in(folder: Path) -> list[Path]:
-    return [p for p in imaging.list_files(folder) if is_image_name(p)]
-
-
-def resolve_inputs(specs: list[str]) -> list[Path]:
-    """Files, folders and glob patterns -> image files, in order, without duplicates.
-
-    A file named explicitly is always tried (its content decides, not its extension);
-    folders and patterns only contribute files with an image extension.
-    """
-    files: list[Path] = []
-    for spec in specs:
-        path = Path(spec).expanduser()
-        if path.is_file():
-            files.append(path)
-        elif path.is_dir():
-            found = image_files_in(path)
-            if not found:
-                raise FervggError(f"no image files ({', '.join(config.IMAGE_EXTENSIONS)}) in folder {path}")
-            files.extend(found)
-        elif GLOB_CHARS & set(spec):
-            found = []
-            for match in sorted(glob.glob(os.path.expanduser(spec), recursive=True)):
-                match = Path(match)
-                if match.is_dir():
-                    found.extend(image_files_in(match))
-                elif match.is_file() and is_image_name(match) and not imaging.is_hidden(match):
-                    found.append(match)
-            if not found:
-                raise FervggError(f"no image files match the pattern {spec!r}")
-            files.extend(found)
-        elif path.exists():
-            raise FervggError(f"not a regular file or folder: {path}")
-        else:
-            raise FervggError(f"no such file or folder: {path}")
-    unique, seen = [], set()
-    for f in files:
-        key = os.path.realpath(f)
-        if key not in seen:
-            seen.add(key)
-            unique.append(f)
-    return unique
-
-
-# ------------------------------------------------------------------------------ faces
-
-@dataclass
-class Photo:
-    path: Path
-    boxes: list[tuple[int, int, int, int]]
-    face_found: bool | None  # None: --no-detect (the image is the face)
-    image: object = None  # the RGB image, kept only when annotating
-    probs: list = field(default_factory=list)
-
-
-def prepare(path: Path, args, image_size: int) -> tuple[Photo, list[np.ndarray]]:
-    """Decode one file, find its faces and crop them; raises imaging.BadImage."""
-    # Big JPEGs decode at a fraction of their size (faces need far less than 20 Mpx), except
-    # when annotating: the annotated copy keeps the photo's own resolution.
-    image = imaging.open_image(path, draft_size=None if args.annotate else config.DETECT_MAX_SIDE)
-    scale = imaging.decoded_scale(image)
-    try:
-        rgb = imaging.to_rgb(image)
-    except (OSError, ValueError) as exc:
-        raise imaging.BadImage(f"cannot convert {image.mode} pixels to RGB ({exc})") from None
-    width, height = rgb.size
-    whole = (0, 0, width, height)
-    if args.no_detect:
-        boxes, found, crops = [whole], None, [rgb]
-    else:
-        from fervgg import faces
-
-        boxes = faces.detect_faces(rgb, args.detector)
-        if boxes:
-            found = True
-            crops = [rgb.crop(faces.crop_box(b, width, height)) for b in boxes]
-        else:
-            boxes, found, crops = [whole], False, [rgb]
-    arrays = [imaging.gray_array(c, image_size) for c in crops]
-    if scale != 1.0:  # boxes in the file's pixels, whatever size it was decoded at
-        boxes = [tuple(round(v * scale) for v in box) for box in boxes]
-    photo = Photo(path, boxes, found, rgb if args.annotate else None)
-    return photo, arrays
-
-
 # ------------------------------------------------------------------------------ output
-
-def records_of(photo: Photo, class_names: list[str]) -> list[dict]:
-    records = []
-    for i, (box, p) in enumerate(zip(photo.boxes, photo.probs), start=1):
-        order = np.argsort(-p, kind="stable")[:TOP_K]
-        top = [{"emotion": class_names[j], "probability": round(float(p[j]), 6)} for j in order]
-        records.append({
-            "image": str(photo.path),
-            "face": i,
-            "faces_in_image": len(photo.boxes),
-            "face_found": photo.face_found,
-            "box": {"x": box[0], "y": box[1], "w": box[2], "h": box[3]},
-            "emotion": top[0]["emotion"],
-            "confidence": top[0]["probability"],
-            "top3": top,
-            "probabilities": {n: round(float(v), 6) for n, v in zip(class_names, p)},
-        })
-    return records
-
 
 def text_line(rec: dict) -> str:
     b = rec["box"]
@@ -264,46 +143,8 @@ def text_line(rec: dict) -> str:
     return line + (f"  ({others})" if others else "")
 
 
-def csv_row(rec: dict) -> list:
-    b, top = rec["box"], rec["top3"] + [{"emotion": "", "probability": ""}] * TOP_K
-    found = "" if rec["face_found"] is None else str(rec["face_found"]).lower()
-    return [rec["image"], rec["face"], found, b["x"], b["y"], b["w"], b["h"], rec["emotion"],
-            f"{rec['confidence']:.6f}", top[1]["emotion"], _prob(top[1]["probability"]),
-            top[2]["emotion"], _prob(top[2]["probability"])]
-
-
-def _prob(value) -> str:
-    return f"{value:.6f}" if value != "" else ""
-
-
-class Writer:
-    """Streams records to stdout in the chosen format."""
-
-    def __init__(self, args):
-        self.mode = "json" if args.json else "jsonl" if args.jsonl else "csv" if args.csv else "text"
-        self.all: list[dict] = []
-        self._csv = None
-        if self.mode == "csv":
-            import csv
-
-            self._csv = csv.writer(sys.stdout, lineterminator="\n")
-            self._csv.writerow(CSV_HEADER)
-
-    def write(self, records: list[dict]) -> None:
-        for rec in records:
-            if self.mode == "json":
-                self.all.append(rec)
-            elif self.mode == "jsonl":
-                print(json.dumps(rec))
-            elif self.mode == "csv":
-                self._csv.writerow(csv_row(rec))
-            else:
-                print(text_line(rec))
-        sys.stdout.flush()
-
-    def close(self) -> None:
-        if self.mode == "json":
-            print(json.dumps(self.all, indent=1))
+def output_mode(args) -> str:
+    return "json" if args.json else "jsonl" if args.jsonl else "csv" if args.csv else "text"
 
 
 def annotated_name(path: Path, used: set[str]) -> str:
@@ -316,36 +157,13 @@ def annotated_name(path: Path, used: set[str]) -> str:
     return name
 
 
-def draw_annotations(photo: Photo, records: list[dict], class_names: list[str]):
-    """A copy of the photo with a box and a filled label per face, sized to the image."""
-    from PIL import ImageDraw, ImageFont
-
-    image = photo.image.copy()
-    draw = ImageDraw.Draw(image)
-    width, height = image.size
-    line = max(2, round(max(width, height) / 300))
-    font_size = max(12, round(max(width, height) / 40))
-    try:
-        font = ImageFont.load_default(size=font_size)
-    except (TypeError, OSError):  # Pillow without FreeType: small bitmap font
-        font = ImageFont.load_default()
-    for rec in records:
+def annotated_copy(photo: PreparedImage, faces: list[dict], class_names: list[str]):
+    labels = []
+    for rec in faces:
         b = rec["box"]
-        x0, y0, x1, y1 = b["x"], b["y"], b["x"] + b["w"] - 1, b["y"] + b["h"] - 1
-        colour = PALETTE[class_names.index(rec["emotion"]) % len(PALETTE)]
-        draw.rectangle((x0, y0, x1, y1), outline=colour, width=line)
-        label = f"{rec['emotion']} {rec['confidence']:.0%}"
-        if rec["face_found"] is False:
-            label += " (no face found)"
-        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
-        pad = max(2, font_size // 5)
-        tw, th = right - left + 2 * pad, bottom - top + 2 * pad
-        lx = min(max(0, x0), max(0, width - tw))
-        ly = y0 - th if y0 - th >= 0 else min(y0 + line, max(0, height - th))  # above the box, else inside
-        draw.rectangle((lx, ly, lx + tw, ly + th), fill=colour)
-        text_colour = "black" if colour in ("#ffe119", "#42d4f4", "#bfef45", "#fabed4", "#3cb44b") else "white"
-        draw.text((lx + pad - left, ly + pad - top), label, fill=text_colour, font=font)
-    return image
+        text = f"{rec['emotion']} {rec['confidence']:.0%}" + (" (no face found)" if rec["face_found"] is False else "")
+        labels.append(drawing.Label((b["x"], b["y"], b["w"], b["h"]), text, class_names.index(rec["emotion"])))
+    return drawing.draw_labels(photo.image.copy(), labels)
 
 
 def save_annotated(image, out_dir: Path, name: str) -> None:
@@ -356,23 +174,25 @@ def save_annotated(image, out_dir: Path, name: str) -> None:
 
 # ------------------------------------------------------------------------------ main
 
+def recognizer(args) -> EmotionRecognizer:
+    notes = lambda text: print(text, file=sys.stderr)  # noqa: E731
+    return EmotionRecognizer(args.model, models_dir=args.models_dir, backend=args.backend,
+                             detector=None if args.no_detect else args.detector, tta=args.tta,
+                             threads=args.threads, max_megapixels=args.max_megapixels, notes=notes)
+
+
 def predict_video(args) -> int:
     from fervgg import video_analysis as video
 
-    source = video.open_video(args.video)  # a bad source fails before the model loads
-    backend, model_file, info_path = choose_model(args)
-    classifier = load_classifier(backend, model_file, args.threads)
-    class_names = class_names_for(info_path, classifier)
-    from fervgg import faces
-
-    faces.load_detector(args.detector)
+    source = video.open_video(args.video, int(args.max_megapixels * 1e6))  # fails before the model loads
+    rec = recognizer(args)
     output = "json" if args.json else "jsonl" if args.jsonl else "csv" if args.csv else None
     settings = video.Settings(detector=args.detector, detect_every=args.detect_every,
                               detect_side=args.detect_side, smooth_s=args.smooth)
     options = video.VideoOptions(source=args.video, every=args.every, sample_fps=args.fps, output=output,
                                  plot=args.plot, annotate=args.annotate, settings=settings)
-    print(f"model {model_file} ({backend})", file=sys.stderr)
-    return video.analyse_video(options, classifier, class_names, source)
+    print(f"model {rec.classifier.path} ({rec.classifier.backend})", file=sys.stderr)
+    return video.analyse_video(options, rec.classifier, source)
 
 
 def predict_photos(args) -> int:
@@ -383,63 +203,48 @@ def predict_photos(args) -> int:
             args.annotate.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise FervggError(f"cannot create the --annotate folder {args.annotate}: {exc.strerror or exc}") from None
-    backend, model_file, info_path = choose_model(args)
     start = time.perf_counter()
-    classifier = load_classifier(backend, model_file, args.threads)
-    class_names = class_names_for(info_path, classifier)
-    if not args.no_detect:
-        from fervgg import faces
-
-        faces.load_detector(args.detector)
+    rec = recognizer(args)
+    class_names = rec.class_names
     if len(files) > 1 or args.annotate:
-        print(f"{len(files)} image(s), model {model_file} ({backend})", file=sys.stderr)
+        print(f"{len(files)} image(s), model {rec.classifier.path} ({rec.classifier.backend})", file=sys.stderr)
 
-    writer = Writer(args)
+    columns = records.probability_columns(class_names, records.PHOTO_FIELDS)
+    writer = records.RecordWriter(output_mode(args), records.PHOTO_FIELDS + columns, records.photo_csv_row, text_line)
     failed = not_annotated = 0
     used_names: set[str] = set()
-    pending: list[Photo] = []
-    pending_arrays: list[np.ndarray] = []
+    pending: list[PreparedImage] = []
 
     def flush() -> None:
-        if not pending:
-            return
-        faces_batch = np.stack(pending_arrays)[..., None]
-        if args.tta:
-            probs = tta.predict_averaged(lambda views: classifier.predict(views, args.batch_size), faces_batch)
-        else:
-            probs = classifier.predict(faces_batch, args.batch_size)
-        at = 0
+        nonlocal not_annotated
+        rec.classify(pending, args.batch_size)
         for photo in pending:
-            photo.probs = list(probs[at:at + len(photo.boxes)])
-            at += len(photo.boxes)
-            records = records_of(photo, class_names)
-            writer.write(records)
+            faces = [records.photo_record(photo.name, i, len(photo.boxes), photo.face_found, box, class_names, p)
+                     for i, (box, p) in enumerate(zip(photo.boxes, photo.probs), start=1)]
+            writer.write(faces)
             if args.annotate:
-                image = draw_annotations(photo, records, class_names)
                 try:  # a full disk costs this copy, never the predictions
-                    save_annotated(image, args.annotate, annotated_name(photo.path, used_names))
+                    save_annotated(annotated_copy(photo, faces, class_names), args.annotate,
+                                   annotated_name(Path(photo.name), used_names))
                 except OSError as exc:
-                    nonlocal not_annotated
                     not_annotated += 1
-                    _message(progress, f"error: {printable(photo.path)}: annotated copy not written "
+                    _message(progress, f"error: {printable(photo.name)}: annotated copy not written "
                                        f"({exc.strerror or exc})")
                 photo.image = None
         pending.clear()
-        pending_arrays.clear()
 
     progress = _progress(files)
     for path in progress:
         try:
-            photo, arrays = prepare(path, args, classifier.image_size)
-        except imaging.BadImage as exc:
+            photo = rec.prepare(path, detect=not args.no_detect, whole_if_none=True, keep_image=bool(args.annotate))
+        except FervggError as exc:  # this file only: the others are still predicted
             failed += 1
-            _message(progress, f"error: {printable(path)}: {exc} (skipped)")
+            _message(progress, f"error: {printable(as_flags(str(exc)))} (skipped)")
             continue
         if photo.face_found is False:
             _message(progress, f"note: {printable(path)}: no face found, classifying the whole image")
         pending.append(photo)
-        pending_arrays.extend(arrays)
-        if len(pending_arrays) >= args.batch_size:
+        if sum(len(p.crops) for p in pending) >= args.batch_size:
             flush()
     flush()
     writer.close()
@@ -470,9 +275,8 @@ def _message(progress, text: str) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    imaging.set_max_pixels(args.max_megapixels * 1e6)
     return predict_video(args) if args.video is not None else predict_photos(args)
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, flags={"image_paths": "--image_path"})

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import script
 
-from fervgg import faces
+from fervgg import demo_data, faces
 from fervgg import video_analysis as video
 
 predict_emotion = script("predict_emotion")
@@ -303,9 +303,7 @@ def test_face_then_animation_clip(tiny_model, capsys):
 
 def test_real_detector_tracks_a_drawn_face_in_a_generated_clip(tiny_model, tmp_path, capsys):
     """The whole path with OpenCV's detector: a demo-data face drifting across 24 frames."""
-    make_demo_data = script("make_demo_data")
-
-    face = np.asarray(make_demo_data.draw_face("happy", np.random.default_rng(0), 110).convert("RGB"))[..., ::-1]
+    face = np.asarray(demo_data.draw_face("happy", np.random.default_rng(0), 110).convert("RGB"))[..., ::-1]
     writer = cv2.VideoWriter(str(tmp_path / "drawn.avi"), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (320, 240))
     for i in range(24):
         frame = np.full((240, 320, 3), 125, np.uint8)

@@ -13,7 +13,6 @@ does. Rows are held back for those few frames, then written in frame order.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -21,21 +20,15 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from fervgg import config
-from fervgg import faces
-from fervgg import imaging
+from fervgg import config, drawing, faces, imaging
 from fervgg.common import FervggError, atomic_write_bytes
-
-# OpenCV and its FFmpeg print warnings of their own for unreadable files and absent
-# cameras; every failure here is reported as one clear line instead.
-os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-import cv2  # noqa: E402
+from fervgg.records import RecordWriter, probability_columns
 
 MIN_HITS = 3  # detections in a row before a track is a person
 MAX_MISSED_SECONDS = 1.0  # a person unseen for longer is gone (a new face gets a new id)
@@ -44,9 +37,17 @@ THUMB_SIDE = 16  # face boxes are compared at this size between detections...
 CHANGE_THRESHOLD = 25.0  # ...and a mean absolute difference (0-255) above this calls for detection
 FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 ROW_FIELDS = ["frame", "time_s", "track", "x", "y", "w", "h", "emotion", "confidence"]
-# One colour per class (BGR for OpenCV), as the photo annotations use.
-PALETTE_BGR = [(75, 25, 230), (75, 180, 60), (48, 130, 245), (25, 225, 255), (216, 99, 67),
-               (180, 30, 145), (244, 212, 66), (230, 50, 240), (69, 239, 191), (212, 190, 250)]
+
+
+@cache
+def opencv():
+    """cv2, imported on first use. OpenCV and its FFmpeg print warnings of their own for
+    unreadable files and absent cameras; every failure here is one clear line instead."""
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    import cv2
+
+    return cv2
 
 
 # ------------------------------------------------------------------------------ reading
@@ -62,8 +63,11 @@ class VideoSource:
     is_camera: bool
 
 
-def open_video(spec: str) -> VideoSource:
-    """A video file (any format OpenCV reads) or a camera index such as "0"."""
+def open_video(spec: str, max_pixels: int | None = None) -> VideoSource:
+    """A video file (any format OpenCV reads) or a camera index such as "0"; frames over
+    max_pixels (default: imaging's limit) are refused."""
+    cv2 = opencv()
+    limit = max_pixels or imaging.max_pixels()
     if spec.isdigit():
         capture = cv2.VideoCapture(int(spec))
         if not capture.isOpened():
@@ -81,9 +85,9 @@ def open_video(spec: str) -> VideoSource:
         name, is_camera = str(path), False
     width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
     height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    if width * height > imaging.max_pixels():
+    if width * height > limit:
         capture.release()
-        raise FervggError(f"{name}: frames too large ({imaging.too_large(width, height, imaging.max_pixels())})")
+        raise FervggError(f"{name}: frames too large ({imaging.too_large(width, height, limit)})")
     fps = capture.get(cv2.CAP_PROP_FPS)
     fps = fps if math.isfinite(fps) and 0 < fps <= 1000 else 30.0
     count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if not is_camera else 0
@@ -135,7 +139,7 @@ def face_thumb(gray: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     patch = gray[max(y, 0):y + h, max(x, 0):x + w]
     if patch.size == 0:
         return np.zeros((THUMB_SIDE, THUMB_SIDE), np.int16)
-    return cv2.resize(patch, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA).astype(np.int16)
+    return opencv().resize(patch, (THUMB_SIDE, THUMB_SIDE), interpolation=opencv().INTER_AREA).astype(np.int16)
 
 
 class Tracker:
@@ -206,6 +210,7 @@ class Analyser:
         self.since_detection = None
 
     def analyse(self, index: int, t: float, frame: np.ndarray) -> list[FaceRow]:
+        cv2 = opencv()
         gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
         due = self.since_detection is None or self.since_detection + 1 >= self.settings.detect_every
         if due or self._faces_changed(gray):
@@ -220,12 +225,9 @@ class Analyser:
         tracks = self.tracker.visible()
         if not tracks:
             return []
-        height, width = gray.shape
-        size = self.classifier.image_size
-        crops = []
-        for track in tracks:
-            left, top, right, bottom = faces.crop_box(track.box, width, height)
-            crops.append(imaging.gray_array(Image.fromarray(gray[top:bottom, left:right]), size))
+        from fervgg.recognizer import crop_faces
+
+        crops = crop_faces(Image.fromarray(gray), [t.box for t in tracks], self.classifier.image_size)
         probs = self.classifier.predict(np.stack(crops)[..., None])
         return [FaceRow(index, t, track, track.box, self._smoothed(track, p, t))
                 for track, p in zip(tracks, probs)]
@@ -277,36 +279,9 @@ def row_record(row: FaceRow, class_names: list[str]) -> dict:
     record = {"frame": row.frame, "time_s": round(row.time_s, 4), "track": row.track.id,
               "x": x, "y": y, "w": w, "h": h, "emotion": class_names[best],
               "confidence": round(float(row.probs[best]), 6)}
-    record.update({name: round(float(v), 6) for name, v in zip(prob_columns(class_names), row.probs)})
+    columns = probability_columns(class_names, ROW_FIELDS)
+    record.update({name: round(float(v), 6) for name, v in zip(columns, row.probs)})
     return record
-
-
-def prob_columns(class_names: list[str]) -> list[str]:
-    """One column per class probability, named after the class (prefixed if it clashes)."""
-    return [n if n not in ROW_FIELDS else f"p_{n}" for n in class_names]
-
-
-class RowWriter:
-    """Rows to stdout as CSV or JSON lines (or nowhere), flushed as they come."""
-
-    def __init__(self, mode: str | None, class_names: list[str], stream=None):
-        self.mode, self.class_names = mode, class_names
-        self.stream = stream or sys.stdout
-        self.count = 0
-        if mode == "csv":
-            self._csv = csv.writer(self.stream, lineterminator="\n")
-            self._csv.writerow(ROW_FIELDS + prob_columns(class_names))
-
-    def write(self, rows: list[FaceRow]) -> None:
-        for row in rows:
-            record = row_record(row, self.class_names)
-            if self.mode == "csv":
-                self._csv.writerow(list(record.values()))
-            elif self.mode == "jsonl":
-                self.stream.write(json.dumps(record) + "\n")
-        self.count += len(rows)
-        if rows and self.mode:
-            self.stream.flush()
 
 
 @dataclass
@@ -374,8 +349,7 @@ class Timeline:
         tracks = sorted(self.points)
         panels = max(1, len(tracks))
         fig, axes = plt.subplots(panels, 1, figsize=(10, 2.4 * panels + 0.8), sharex=True, squeeze=False)
-        colours = [tuple(c / 255 for c in reversed(PALETTE_BGR[i % len(PALETTE_BGR)]))
-                   for i in range(len(class_names))]
+        colours = [drawing.colour_of(i) for i in range(len(class_names))]
         for ax, track in zip(axes[:, 0], tracks or [None]):
             if track is None:
                 ax.text(0.5, 0.5, "no face found", ha="center", va="center", transform=ax.transAxes)
@@ -415,6 +389,7 @@ class Annotator:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise FervggError(f"cannot create the folder of --annotate {path}: {exc.strerror or exc}") from None
+        cv2 = opencv()
         self.writer = cv2.VideoWriter(str(self.partial), cv2.VideoWriter_fourcc(*FOURCC[suffix]),
                                       source.fps, (source.width, source.height))
         if not self.writer.isOpened():
@@ -422,22 +397,11 @@ class Annotator:
         self.frames = 0
 
     def write(self, frame: np.ndarray, rows: list[FaceRow], class_names: list[str]) -> None:
-        height, width = frame.shape[:2]
-        line = max(2, round(max(width, height) / 320))
-        scale = max(0.45, max(width, height) / 1400)
+        labels = []
         for row in rows:
-            x, y, w, h = row.box
             best = int(np.argmax(row.probs))
-            colour = PALETTE_BGR[best % len(PALETTE_BGR)]
-            cv2.rectangle(frame, (x, y), (x + w - 1, y + h - 1), colour, line)
-            label = f"#{row.track.id} {class_names[best]} {row.probs[best]:.0%}"
-            (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-            top = y - th - base - 4 if y - th - base - 4 >= 0 else y + line
-            cv2.rectangle(frame, (x, top), (x + tw + 6, top + th + base + 4), colour, -1)
-            text = (0, 0, 0) if sum(colour) > 450 else (255, 255, 255)
-            cv2.putText(frame, label, (x + 3, top + th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, text, 1,
-                        cv2.LINE_AA)
-        self.writer.write(frame)
+            labels.append(drawing.Label(row.box, f"#{row.track.id} {class_names[best]} {row.probs[best]:.0%}", best))
+        self.writer.write(drawing.draw_labels_bgr(frame, labels))
         self.frames += 1
 
     def close(self) -> None:
@@ -465,48 +429,86 @@ class VideoOptions:
     settings: Settings = field(default_factory=Settings)
 
 
-def analyse_video(options: VideoOptions, classifier, class_names: list[str],
-                  source: VideoSource | None = None) -> int:
-    """The whole video run; returns the exit code (130 after Ctrl+C, outputs complete)."""
+@dataclass
+class FrameStep:
+    """One frame read: the rows released now (confirmed people, frame order; rows lag the
+    frame by a few frames until their person is confirmed) and, for drawing on this
+    frame, the latest rows of confirmed people."""
+    index: int
+    frame: np.ndarray | None  # None when the frame was not decoded
+    rows: list[FaceRow]
+    shown: list[FaceRow]
+    analysed: bool
+
+
+class FrameAnalysis:
+    """A video's frames through detection, tracking and classification: `steps()` yields
+    a FrameStep per frame read; `flush()` then releases the rows still held back (also
+    after an interruption)."""
+
+    def __init__(self, source: VideoSource, classifier, settings: Settings, every: int = 1,
+                 sample_fps: float | None = None, decode_all: bool = False):
+        self.source, self.every, self.sample_fps, self.decode_all = source, every, sample_fps, decode_all
+        self.step = every if not sample_fps else max(source.fps / sample_fps, 1.0)
+        settings.analysed_fps = source.fps / self.step
+        self.analyser = Analyser(classifier, settings)
+        self.confirmer = Confirmer(delay_frames=MIN_HITS * settings.detect_every)
+
+    def steps(self):
+        latest: list[FaceRow] = []
+        for index, t, frame, analyse in read_frames(self.source, self.every, self.sample_fps, self.decode_all):
+            released = []
+            if analyse:
+                latest = self.analyser.analyse(index, t, frame)
+                released = self.confirmer.push(latest)
+            yield FrameStep(index, frame, released, [r for r in latest if r.track.id is not None], analyse)
+
+    def flush(self) -> list[FaceRow]:
+        return self.confirmer.flush()
+
+
+def analyse_video(options: VideoOptions, classifier, source: VideoSource | None = None) -> int:
+    """The command line's video run: rows to stdout (CSV, JSON lines), summary, plot and
+    annotated video; returns the exit code (130 after Ctrl+C, outputs complete)."""
+    class_names = classifier.class_names
     source = source or open_video(options.source)
-    step = options.every if not options.sample_fps else max(source.fps / options.sample_fps, 1.0)
-    options.settings.analysed_fps = source.fps / step
-    analyser = Analyser(classifier, options.settings)
-    confirmer = Confirmer(delay_frames=MIN_HITS * options.settings.detect_every)
-    writer = RowWriter(options.output if options.output in ("csv", "jsonl") else None, class_names)
+    writer = RecordWriter(options.output, ROW_FIELDS + probability_columns(class_names, ROW_FIELDS)) \
+        if options.output in ("csv", "jsonl") else None
     summary, timeline = Summary(class_names), Timeline() if options.plot else None
     annotator = Annotator(options.annotate, source) if options.annotate else None
-    progress = _progress(source, step)
-    frames_read = analysed = 0
+    analysis = FrameAnalysis(source, classifier, options.settings, options.every, options.sample_fps,
+                             decode_all=annotator is not None)
+    progress = _progress(source, analysis.step)
+    frames_read = analysed = rows = 0
     interrupted = False
     started = time.perf_counter()
-    latest: list[FaceRow] = []
 
-    def emit(rows: list[FaceRow]) -> None:
-        writer.write(rows)
-        summary.add(rows)
+    def emit(released: list[FaceRow]) -> None:
+        nonlocal rows
+        rows += len(released)
+        if writer is not None:
+            writer.write(row_record(r, class_names) for r in released)
+        summary.add(released)
         if timeline is not None:
-            timeline.add(rows)
+            timeline.add(released)
 
     try:
-        for index, t, frame, analyse in read_frames(source, options.every, options.sample_fps,
-                                                     decode_all=annotator is not None):
+        for frame_step in analysis.steps():
+            emit(frame_step.rows)
             frames_read += 1
-            if analyse:
-                latest = analyser.analyse(index, t, frame)
-                emit(confirmer.push(latest))
+            if frame_step.analysed:
                 analysed += 1
                 if progress is not None:
                     progress.update(1)
             if annotator is not None:
-                annotator.write(frame, [r for r in latest if r.track.id is not None], class_names)
+                annotator.write(frame_step.frame, frame_step.shown, class_names)
     except KeyboardInterrupt:
         interrupted = True
     finally:
         if progress is not None:
             progress.close()
         source.capture.release()
-    emit(confirmer.flush())
+    emit(analysis.flush())
     elapsed = time.perf_counter() - started
     if frames_read == 0:
         if annotator is not None:
@@ -516,14 +518,14 @@ def analyse_video(options: VideoOptions, classifier, class_names: list[str],
         annotator.close()
     if timeline is not None:
         timeline.plot(options.plot, class_names, f"{Path(source.name).name}: emotion probabilities over time")
-    report(options, source, summary, writer, analysed, frames_read, elapsed, interrupted)
+    report(options, source, summary, rows, analysed, frames_read, elapsed, interrupted)
     return 130 if interrupted and not source.is_camera else 0  # Ctrl+C is how a camera run ends
 
 
-def report(options, source, summary, writer, analysed, frames_read, elapsed, interrupted) -> None:
+def report(options, source, summary, rows, analysed, frames_read, elapsed, interrupted) -> None:
     rate = analysed / elapsed if elapsed > 0 else 0.0
     info = (f"{source.name}: {analysed} of {frames_read} frame(s) analysed in {elapsed:.1f} s "
-            f"({rate:.1f} frames/s), {writer.count} face row(s), {len(summary.tracks)} person(s)")
+            f"({rate:.1f} frames/s), {rows} face row(s), {len(summary.tracks)} person(s)")
     if options.output == "json":
         print(json.dumps({"video": source.name, "fps": source.fps, "frames_read": frames_read,
                           "frames_analysed": analysed, "seconds": round(elapsed, 2),
