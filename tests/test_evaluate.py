@@ -247,7 +247,7 @@ def test_image_folder_matches_arrays_and_skips_bad_and_unknown(env, tmp_path, ca
 
 
 def test_no_matching_folder_is_a_clear_error(env, tmp_path):
-    with pytest.raises(FervggError, match="did you mean --images"):
+    with pytest.raises(FervggError, match="did you mean `images`"):
         evaluate_model.main(["--models-dir", str(env["models"]), "--images", str(env["images"]),
                              "--out-dir", str(tmp_path)])
 
@@ -331,3 +331,64 @@ def test_missing_model_is_one_line(env, tmp_path):
 def test_missing_arrays_are_one_line(env, tmp_path):
     proc = cli("--models-dir", str(env["models"]), "--data-dir", str(tmp_path / "no_arrays"))
     assert_one_line_error(proc, "preprocessed data folder not found")
+
+
+def test_a_folder_as_model_is_named_as_a_folder(env, tmp_path):
+    proc = cli("--model", str(env["models"]), "--data-dir", str(env["arrays"]),
+               "--out-dir", str(tmp_path / "eval"), "--logs-dir", str(tmp_path / "logs"))
+    assert_one_line_error(proc, "is a folder: pass the model file in it")
+
+
+# ---------------------------------------------------------------- LiteRT and crop models
+
+def test_the_tflite_export_measures_like_the_keras_model(env, tmp_path, capsys):
+    """evaluate_model.py --model X.tflite runs LiteRT, as prediction does: same metrics as
+    the .keras it came from, in its own folder (<stem>-litert-<split>)."""
+    export_model = script("export_model")
+    model = tmp_path / "best_model.keras"
+    for suffix in (".keras", ".json"):
+        shutil.copy(env["models"] / f"best_model{suffix}", model.with_suffix(suffix))
+    assert export_model.main(["--model", str(model), "--check-samples", "2"]) == 0
+    assert run_main(env, tmp_path, "--model", str(model), str(model.with_suffix(".tflite")), "--tta") == 0
+    capsys.readouterr()
+    docs = [json.loads((tmp_path / "eval" / f"{tag}-test" / "metrics.json").read_text())
+            for tag in ("best_model", "best_model-litert")]
+    assert [d["model"]["backend"] for d in docs] == ["keras", "litert"]
+    keras_doc, lite_doc = docs
+    for key in ("metrics", "tta"):
+        assert lite_doc[key]["accuracy"] == pytest.approx(keras_doc[key]["accuracy"], abs=1e-9)
+        assert lite_doc[key]["confusion_matrix"] == keras_doc[key]["confusion_matrix"]
+    confidences = [[m["confidence"] for m in d["most_confident_mistakes"]] for d in docs]
+    np.testing.assert_allclose(confidences[1], confidences[0], atol=1e-4)
+
+
+def test_a_crop_model_is_evaluated_with_ten_windows_at_its_crop_size(env, tmp_path, capsys):
+    """A model trained on random 40x40 crops (it reads the centre 40x40 of a 48x48 input):
+    its TTA views are the ten 40x40 windows, not resized crops."""
+    import keras
+
+    from fervgg import tta
+    from fervgg.emotion_model import build_model
+
+    arrays = tmp_path / "arrays48"
+    data_processing.main(["--data-dir", str(env["images"]), "--out-dir", str(arrays), "--val-fraction", "0.2",
+                          "--workers", "1", "--image-size", "48"])
+    keras.utils.set_random_seed(11)
+    model = build_model(len(CLASSES), 48, "none", dense_units=16, crop_size=40)
+    x = np.load(arrays / "X_test.npy")
+    spread_predictions(model, x)
+    path = save_with_sidecar(model, tmp_path / "crop_model.keras", CLASSES)
+    side = json.loads(path.with_suffix(".json").read_text())
+    path.with_suffix(".json").write_text(json.dumps({**side, "image_size": 48, "crop_size": 40}))
+    assert evaluate_model.main(["--model", str(path), "--data-dir", str(arrays), "--tta", "--out-dir",
+                                str(tmp_path / "eval"), "--logs-dir", str(tmp_path / "logs")]) == 0
+    doc = json.loads((tmp_path / "eval" / "crop_model-test" / "metrics.json").read_text())
+    assert doc["model"]["crop_size"] == 40 and "40x40 window" in doc["settings"]["tta_views"]
+    assert "40x40" in capsys.readouterr().out
+    views = tta.ten_crop(x, crop_size=40)
+    probs = np.asarray(model.predict(views.reshape(-1, 48, 48, 1).astype(np.float32), verbose=0))
+    pred = probs.reshape(10, len(x), -1).mean(axis=0).argmax(axis=1)
+    from sklearn.metrics import confusion_matrix
+
+    y = np.load(arrays / "y_test.npy")
+    assert doc["tta"]["confusion_matrix"] == confusion_matrix(y, pred, labels=range(4)).tolist()

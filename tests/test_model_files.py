@@ -75,3 +75,18 @@ def test_newlines_in_file_names_do_not_break_output_lines(tiny_model, tmp_path, 
                                  "--val-fraction", "0.25", "--image-size", "16"]) == 0
     listed = [line for line in capsys.readouterr().out.splitlines() if "bad" in line and "name.png" in line]
     assert listed == [f"  {data / 'train' / 'a'}/bad\\nname.png: not an image (format not recognised)"]
+
+
+def test_every_model_loader_says_the_same_for_a_folder_and_a_missing_file(tmp_path):
+    """One set of messages: Keras, LiteRT and open_classifier (used by evaluation, export and
+    prediction) name a folder as a folder and a missing file as not found."""
+    from fervgg.classifiers import open_classifier
+    from fervgg.litert_runtime import LiteRTClassifier
+
+    folder = tmp_path / "models.tflite"
+    folder.mkdir()
+    for load in (emotion_model.load_model, LiteRTClassifier, open_classifier):
+        with pytest.raises(FervggError, match="is a folder: pass the model file in it"):
+            load(folder)
+        with pytest.raises(FervggError, match="model not found: .*pass `model` PATH"):
+            load(tmp_path / "absent.tflite")

@@ -25,6 +25,7 @@ from PIL import Image
 
 from fervgg import config
 from fervgg import faces
+from fervgg.classifiers import KerasClassifier, find_model
 from fervgg.common import FervggError
 from conftest import script, face_like
 
@@ -76,7 +77,7 @@ def litert(model_path: Path) -> list[str]:
 def test_litert_and_keras_agree(model_path):
     from fervgg.litert_runtime import LiteRTClassifier
 
-    keras_clf = predict_emotion.KerasClassifier(model_path)
+    keras_clf = KerasClassifier(model_path)
     lite = LiteRTClassifier(model_path.with_suffix(".tflite"))
     assert (lite.image_size, lite.num_outputs) == (SIZE, len(config.CLASS_NAMES))
     rng = np.random.default_rng(1)
@@ -110,8 +111,7 @@ def test_export_writes_only_the_tflite_and_prints_the_difference(model_path, tin
 
 
 def test_auto_backend_prefers_fresh_tflite(model_path, tmp_path, capsys):
-    args = predict_emotion.parse_args(["--image_path", "x", "--model", str(model_path)])
-    backend, file, info = predict_emotion.choose_model(args)
+    backend, file, info = find_model(model_path)
     assert (backend, file, info) == ("litert", model_path.with_suffix(".tflite"), model_path)
     # A .keras newer than its .tflite (retrained, not re-exported): Keras, with a note.
     stale = tmp_path / "stale.keras"
@@ -119,32 +119,28 @@ def test_auto_backend_prefers_fresh_tflite(model_path, tmp_path, capsys):
     stale.with_suffix(".tflite").write_bytes(b"x")
     old = stale.stat().st_mtime - 100
     os.utime(stale.with_suffix(".tflite"), (old, old))
-    args = predict_emotion.parse_args(["--image_path", "x", "--model", str(stale)])
-    assert predict_emotion.choose_model(args)[0] == "keras"
+    assert find_model(stale).backend == "keras"
     assert "older than" in capsys.readouterr().err
-    args = predict_emotion.parse_args(["--image_path", "x", "--model", str(tmp_path / "none.keras"),
-                                       "--backend", "litert"])
     with pytest.raises(FervggError, match="export_model.py"):
-        predict_emotion.choose_model(args)
+        find_model(tmp_path / "none.keras", backend="litert")
 
 
 def test_shipped_model_is_used_when_the_user_has_none(model_path, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(config, "PRETRAINED_MODEL", model_path)
     empty = tmp_path / "my_models"
     empty.mkdir()
-    args = predict_emotion.parse_args(["--image_path", "x", "--models-dir", str(empty)])
-    assert predict_emotion.choose_model(args) == ("litert", model_path.with_suffix(".tflite"), model_path)
+    assert find_model(models_dir=empty) == ("litert", model_path.with_suffix(".tflite"), model_path)
     assert "using the shipped FER2013 model" in capsys.readouterr().err
     # A model of the user's own wins, silently.
     mine = empty / config.BEST_MODEL
     mine.write_bytes(b"x")
-    assert predict_emotion.choose_model(args)[1] == mine
+    assert find_model(models_dir=empty).file == mine
     assert "shipped" not in capsys.readouterr().err
     # Without either: the usual one-line error.
     mine.unlink()
     monkeypatch.setattr(config, "PRETRAINED_MODEL", tmp_path / "absent.keras")
     with pytest.raises(FervggError, match="model not found"):
-        predict_emotion.choose_model(args)
+        find_model(models_dir=empty)
 
 
 # ------------------------------------------------------------------------------ photos
@@ -491,9 +487,9 @@ def test_float16_publish_writes_a_checked_half_size_copy(model_path, tmp_path, c
     plain = keras.models.load_model(pub / "shipped.keras", safe_mode=True)  # as any Keras user would
     assert {v.dtype for v in plain.weights} == {"float16"}
     x = np.stack([face_like(s) for s in range(200, 216)])[..., None]  # raw uint8 pixels
-    original = predict_emotion.KerasClassifier(model_path).predict(x)
+    original = KerasClassifier(model_path).predict(x)
     assert (np.asarray(plain.predict(x, verbose=0)).argmax(1) == original.argmax(1)).mean() >= 0.9
-    ours = predict_emotion.KerasClassifier(pub / "shipped.keras").predict(x)  # float32 compute
+    ours = KerasClassifier(pub / "shipped.keras").predict(x)  # float32 compute
     np.testing.assert_allclose(ours, original, atol=config.EXPORT_TOLERANCE_FLOAT16)
     lite = LiteRTClassifier(pub / "shipped.tflite").predict(x)
     np.testing.assert_allclose(lite, original, atol=config.EXPORT_TOLERANCE_FLOAT16)
@@ -513,11 +509,10 @@ def test_checkout_order_does_not_make_a_published_tflite_look_stale(model_path, 
     keras_file, lite = tmp_path / "best_model.keras", tmp_path / "best_model.tflite"
     old = keras_file.stat().st_mtime - 100
     os.utime(lite, (old, old))
-    args = predict_emotion.parse_args(["--image_path", "x", "--model", str(keras_file)])
-    assert predict_emotion.choose_model(args)[0] == "litert"
+    assert find_model(keras_file).backend == "litert"
     assert "older than" not in capsys.readouterr().err
     info = json.loads((tmp_path / "best_model.json").read_text())
     info["litert_export"]["keras_sha256"] = "0" * 64  # exported from another .keras
     (tmp_path / "best_model.json").write_text(json.dumps(info))
-    assert predict_emotion.choose_model(args)[0] == "keras"
+    assert find_model(keras_file).backend == "keras"
     assert "older than" in capsys.readouterr().err

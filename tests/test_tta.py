@@ -49,3 +49,35 @@ def test_predictions_are_averaged_per_image():
 @pytest.mark.parametrize("size", [32, 48, 64])
 def test_description_names_the_crop(size):
     assert f"{tta.crop_side(size)}x{tta.crop_side(size)} crops" in tta.description(size)
+
+
+def test_a_crop_models_views_are_exactly_its_ten_windows_at_the_centre():
+    """A model trained on random crop x crop windows reads its centre window (CenterCrop):
+    each view holds one of the ten windows exactly where that layer reads, zeros elsewhere."""
+    size, crop = 48, 40
+    x = np.random.default_rng(2).integers(1, 256, (3, size, size, 1), dtype=np.uint8)
+    views = tta.ten_crop(x, crop_size=crop)
+    assert views.shape == (10, 3, size, size, 1) and views.dtype == np.uint8
+    at = (size - crop) // 2  # keras.layers.CenterCrop's start
+    far, mid = size - crop, (size - crop) // 2
+    for v, (top, left) in enumerate([(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]):
+        window = x[:, top:top + crop, left:left + crop, 0]
+        for view, expected in ((views[v], window), (views[v + 5], window[:, :, ::-1])):
+            np.testing.assert_array_equal(view[:, at:at + crop, at:at + crop, 0], expected)
+            outside = view[..., 0].copy()
+            outside[:, at:at + crop, at:at + crop] = 0
+            assert not outside.any()
+    assert "40x40 window" in tta.description(size, crop)
+
+
+def test_a_crop_models_views_are_what_its_center_crop_layer_reads():
+    import keras
+
+    size, crop = 48, 37  # an odd margin: CenterCrop's rounding must match ours
+    x = np.random.default_rng(3).integers(0, 256, (2, size, size, 1), dtype=np.uint8)
+    views = tta.ten_crop(x, crop_size=crop)
+    read = np.asarray(keras.layers.CenterCrop(crop, crop)(views.reshape(20, size, size, 1).astype("float32")))
+    read = read.reshape(10, 2, crop, crop)
+    far = size - crop
+    np.testing.assert_array_equal(read[2], x[:, far:, :crop, 0])  # view 2: the bottom-left window
+    np.testing.assert_array_equal(read[9], x[:, far // 2:far // 2 + crop, far // 2:far // 2 + crop, 0][:, :, ::-1])

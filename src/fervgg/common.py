@@ -184,7 +184,7 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
 
 
 def model_not_found(path: Path) -> FervggError:
-    return FervggError(f"model not found: {path} (train one with scripts/model_training.py, or pass --model PATH)")
+    return FervggError(f"model not found: {path} (train one with scripts/model_training.py, or pass `model` PATH)")
 
 
 def check_gray_input(shape, where) -> int:

@@ -195,6 +195,17 @@ def folder_not_model(path: Path) -> FervggError:
     return FervggError(f"{path} is a folder: pass the model file in it, e.g. {Path(path) / config.BEST_MODEL}")
 
 
+def check_model_file(path: Path) -> Path:
+    """The path, if it is a file; the one "is a folder" / "model not found" error otherwise
+    (for every kind of model file: .keras, .h5, .tflite)."""
+    path = Path(path)
+    if path.is_dir():
+        raise folder_not_model(path)
+    if not path.is_file():
+        raise model_not_found(path)
+    return path
+
+
 def load_model(model_path: Path, compile: bool = False, float32: bool = True):
     """Load a .keras (or legacy .h5) model safely; FervggError if missing or unreadable.
 
@@ -202,11 +213,7 @@ def load_model(model_path: Path, compile: bool = False, float32: bool = True):
     predictions are then the same on every path (Keras, LiteRT export) and no bf16
     rounding is added at inference. Training passes float32=False to keep its policy.
     """
-    model_path = Path(model_path)
-    if model_path.is_dir():
-        raise folder_not_model(model_path)
-    if not model_path.is_file():
-        raise model_not_found(model_path)
+    model_path = check_model_file(model_path)
     if model_path.suffix == ".keras" and not zipfile.is_zipfile(model_path):
         raise FervggError(f"{model_path} exists but is not a valid Keras model file (a .keras file is a zip "
                         "archive; this one is damaged or truncated): re-train or re-copy it")
@@ -266,6 +273,7 @@ class ModelInfo:
     image_size: int
     sidecar: dict = field(default_factory=dict)  # the whole sidecar, {} when there is none
     assumed: str | None = None  # why the classes are assumed, when there is no sidecar
+    crop_size: int = 0  # the random-crop training size (the model reads its centre crop), 0: none
 
 
 def write_sidecar(model_path: Path, args, meta: dict, run_name: str, phase: int, best_acc: float,
@@ -311,7 +319,10 @@ def model_info(model_path: Path, num_outputs: int | None = None) -> ModelInfo:
         version = info.get("format_version", SIDECAR_VERSION)
         if version != SIDECAR_VERSION:
             raise FervggError(damaged.format(f"format version {version}, this code reads {SIDECAR_VERSION}"))
-        return ModelInfo([str(n) for n in info["class_names"]], info["image_size"], info)
+        crop = info.get("crop_size") or 0
+        if not isinstance(crop, int) or not 0 <= crop <= info["image_size"]:
+            raise FervggError(damaged.format(f"crop_size {crop!r} is not 0..{info['image_size']}"))
+        return ModelInfo([str(n) for n in info["class_names"]], info["image_size"], info, crop_size=crop)
     if num_outputs in (None, len(config.CLASS_NAMES)):
         return ModelInfo(list(config.CLASS_NAMES), config.IMAGE_SIZE,
                          assumed=f"{side} not found: assuming FER2013's 7 classes")

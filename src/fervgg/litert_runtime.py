@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fervgg.classifiers import EXPORT_HINT, Classifier
 from fervgg.common import FervggError, check_gray_input, first_line, redirected_stderr
+from fervgg.emotion_model import check_model_file
 
 # Printed by LiteRT's C++ code on every start; not worth a user's attention.
 _NOISE = ("Created TensorFlow Lite XNNPACK delegate",)
@@ -40,30 +42,26 @@ def _filtered_stderr():
         print("\n".join(kept), file=sys.stderr)
 
 
-class LiteRTClassifier:
+class LiteRTClassifier(Classifier):
     """A .tflite image classifier: (N, S, S, 1) pixels -> (N, classes) probabilities."""
+
+    backend = "litert"
 
     def __init__(self, path: Path, threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FervggError(f"LiteRT model not found: {self.path} (create it with "
-                            f"scripts/export_model.py --model {self.path.with_suffix('.keras')})")
+        path = check_model_file(path)
         try:
-            self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads or cpu_count())
+            self.interpreter = Interpreter(model_path=str(path), num_threads=threads or cpu_count())
         except (ValueError, RuntimeError) as exc:
-            raise FervggError(f"cannot load LiteRT model {self.path}: {first_line(exc)} "
-                            "(re-create it with scripts/export_model.py)") from None
+            raise FervggError(f"cannot load LiteRT model {path}: {first_line(exc)} (re-{EXPORT_HINT})") from None
         inputs = self.interpreter.get_input_details()
         outputs = self.interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
-            raise FervggError(f"{self.path}: expected one input and one output, got "
-                            f"{len(inputs)} and {len(outputs)}")
+            raise FervggError(f"{path}: expected one input and one output, got {len(inputs)} and {len(outputs)}")
         self._input, self._output = inputs[0], outputs[0]
         shape = [int(v) for v in self._input.get("shape_signature", self._input["shape"])]
-        self.image_size = check_gray_input(shape, self.path)
-        self.num_outputs = int(self._output["shape"][-1])
+        super().__init__(path, check_gray_input(shape, path), int(self._output["shape"][-1]))
         self._dynamic_batch = shape[0] == -1
         self._batch = None
 
@@ -76,22 +74,13 @@ class LiteRTClassifier:
             self.interpreter.allocate_tensors()
         self._batch = batch
 
-    def predict(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Probabilities for (N, S, S, 1) or (N, S, S) pixels 0-255, in chunks of batch_size."""
-        pixels = np.asarray(pixels)
-        if pixels.ndim == 3:
-            pixels = pixels[..., None]
-        n = len(pixels)
-        if n == 0:
-            return np.zeros((0, self.num_outputs), np.float32)
+    def predict(self, pixels, batch_size: int = 64) -> np.ndarray:
         if not self._dynamic_batch:
             batch_size = 1
-        dtype = self._input["dtype"]
-        out = []
-        for start in range(0, n, batch_size):
-            chunk = np.ascontiguousarray(pixels[start:start + batch_size], dtype=dtype)
-            self._allocate(len(chunk))
-            self.interpreter.set_tensor(self._input["index"], chunk)
-            self.interpreter.invoke()
-            out.append(np.array(self.interpreter.get_tensor(self._output["index"]), dtype=np.float32))
-        return np.concatenate(out)
+        return super().predict(pixels, batch_size)
+
+    def _predict_batch(self, batch: np.ndarray) -> np.ndarray:
+        self._allocate(len(batch))
+        self.interpreter.set_tensor(self._input["index"], batch.astype(self._input["dtype"], copy=False))
+        self.interpreter.invoke()
+        return np.array(self.interpreter.get_tensor(self._output["index"]), dtype=np.float32)
