@@ -94,7 +94,7 @@ def main() -> None:
     import_tensorflow()
     import tensorflow as tf
 
-    from model_training import cpu_has_bf16
+    from fervgg.hardware import cpu_has_bf16
     from fervgg.training import Augmentation, make_dataset
 
     size, n_classes, batch = config.IMAGE_SIZE, len(config.CLASS_NAMES), args.batch_size

@@ -1,5 +1,6 @@
-"""model_training.py: checkpoints, resume after interruption, early stopping, weights
-files, offline ImageNet error, distributed path, bad arrays, time budget.
+"""Training (fervgg.train, and model_training.py, its command line): checkpoints, resume
+after interruption, early stopping, weights files, offline ImageNet error, distributed
+path, bad arrays, time budget, settings.
 
 Everything is tiny (32x32 images, a few steps); in-process runs use float32 so the
 global precision policy does not leak between tests.
@@ -18,12 +19,11 @@ import pytest
 
 from conftest import script
 
-
 from fervgg import config
 from fervgg.common import FervggError
-
-data_processing = script("data_processing")
-make_demo_data = script("make_demo_data")
+from fervgg.demo_data import DemoDataSettings, write_demo_data
+from fervgg.preprocess import PreprocessSettings, preprocess
+from fervgg.train import TrainSettings, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,11 +36,13 @@ FAST = ["--batch-size", "8", "--precision", "float32", "--dense-units", "16"]
 def arrays(tmp_path_factory) -> Path:
     """A tiny preprocessed dataset: 7 classes of synthetic faces at 32x32."""
     base = tmp_path_factory.mktemp("train_data")
-    make_demo_data.main(["--out-dir", str(base / "images"), "--train-per-class", "5",
-                         "--test-per-class", "2", "--image-size", str(SIZE)])
-    data_processing.main(["--data-dir", str(base / "images"), "--out-dir", str(base / "arrays"),
-                          "--val-fraction", "0.2", "--workers", "1", "--image-size", str(SIZE)])
+    write_demo_data(DemoDataSettings(base / "images", train_per_class=5, test_per_class=2, image_size=SIZE))
+    preprocess_tiny(base / "images", base / "arrays")
     return base / "arrays"
+
+
+def preprocess_tiny(images: Path, out: Path) -> None:
+    preprocess(PreprocessSettings(images, out, image_size=SIZE, val_fraction=0.2, workers=1))
 
 
 def run_training(arrays: Path, out: Path, *extra: str) -> int:
@@ -245,7 +247,7 @@ def test_resume_refuses_other_settings(arrays, tmp_path):
 
     state = resume.ResumeState(tmp_path / "models")
     state.save(None, {"fingerprint": "something-else", "run_name": "t", "phase": 1, "epoch": 1})
-    with pytest.raises(FervggError, match="--fresh"):
+    with pytest.raises(FervggError, match="`fresh`"):
         run_training(arrays, tmp_path, "--weights", "none", "--epochs", "1")
 
 
@@ -397,8 +399,7 @@ def test_fine_tuning_from_a_saved_model_learns_a_new_class_set(arrays, tmp_path)
             (two / split / group).mkdir(parents=True, exist_ok=True)
             for f in emotion_dir.iterdir():
                 shutil.copy(f, two / split / group / f"{emotion_dir.name}_{f.name}")
-    data_processing.main(["--data-dir", str(two), "--out-dir", str(tmp_path / "two_arrays"),
-                          "--val-fraction", "0.2", "--workers", "1", "--image-size", str(SIZE)])
+    preprocess_tiny(two, tmp_path / "two_arrays")
     out = tmp_path / "tuned"
     assert run_training(tmp_path / "two_arrays", out, "--weights", str(source), "--epochs", "6",
                         "--fine-tune-epochs", "1", "--lr", "3e-3", "--fresh") == 0
@@ -522,10 +523,69 @@ def test_epoch_logged_but_not_saved_is_not_logged_twice_after_resume(arrays, tmp
 def test_auto_precision_respects_a_onednn_isa_cap(monkeypatch):
     """ONEDNN_MAX_CPU_ISA=AVX2 (how a bf16 CPU emulates an AVX2-only one): bfloat16 would be
     emulated, so auto precision must not pick it."""
-    model_training = script("model_training")
+    from fervgg import hardware
 
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
-    assert model_training.cpu_has_bf16() is False
+    assert hardware.cpu_has_bf16() is False
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_bf16")
-    monkeypatch.setattr(model_training.Path, "read_text", lambda self: "flags : avx2 avx512f avx512_bf16")
-    assert model_training.cpu_has_bf16() is True
+    monkeypatch.setattr(hardware.Path, "read_text", lambda self: "flags : avx2 avx512f avx512_bf16")
+    assert hardware.cpu_has_bf16() is True
+
+
+# ---------------------------------------------------------------- the package, without a command line
+
+def test_train_from_settings_without_a_command_line(arrays, tmp_path, capsys):
+    settings = TrainSettings(data_dir=arrays, models_dir=tmp_path / "models", logs_dir=tmp_path / "logs",
+                             run_name="lib", weights="none", epochs=1, steps_per_epoch=2, batch_size=8,
+                             precision="float32", dense_units=16)
+    result = train(settings)
+    assert set(result.phases) == {1}
+    phase = result.phases[1]
+    assert phase.model_path == tmp_path / "models" / config.BEST_MODEL and phase.model_path.is_file()
+    assert 0 <= phase.best_val_accuracy <= 1 and phase.best_epoch == 1
+    assert result.run_name == "lib" and result.run_dir == tmp_path / "logs" / "lib"
+    info = json.loads(phase.model_path.with_suffix(".json").read_text())
+    assert info["config"]["models_dir"] == str(tmp_path / "models")  # Paths as text, as the flags gave
+    # The keys (and order) the sidecars of the argparse-based script had.
+    assert list(info["config"]) == [
+        "data_dir", "models_dir", "logs_dir", "run_name", "weights", "initial_model", "dense_units", "dropout",
+        "epochs", "fine_tune_epochs", "batch_size", "lr", "fine_tune_lr", "fine_tune_blocks", "optimizer",
+        "weight_decay", "warmup_epochs", "label_smoothing", "class_weights", "patience", "lr_patience",
+        "lr_schedule", "time_budget", "steps_per_epoch", "seed", "fresh", "augment", "aug_flip", "aug_rotation",
+        "aug_zoom", "aug_shift", "crop_size", "aug_erasing", "precision", "distribute", "logical_cpus"]
+
+
+def test_the_package_needs_no_command_line_and_changes_nothing_on_import():
+    code = ("import sys, warnings; from PIL import Image; pixels = Image.MAX_IMAGE_PIXELS; "
+            "import fervgg.train, fervgg.preprocess, fervgg.demo_data, fervgg.imaging, fervgg.folders; "
+            "bomb = [f for f in warnings.filters if f[2] is Image.DecompressionBombWarning]; "
+            "print('argparse' in sys.modules, Image.MAX_IMAGE_PIXELS == pixels and not bomb)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"]
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"initial_model": "x.keras"}, "`initial_model` needs `weights` none"),
+    ({"lr": float("nan")}, "`lr` nan is out of range"),
+    ({"epochs": 1.5}, "`epochs` must be an integer"),
+    ({"optimizer": "rmsprop"}, "`optimizer` 'rmsprop' is not one of adam, sgd"),
+])
+def test_bad_train_settings_raise_our_error(bad, match):
+    with pytest.raises(FervggError, match=match):
+        TrainSettings(**bad)
+
+
+def test_crop_size_is_checked_against_the_data_before_tensorflow_loads(arrays, tmp_path):
+    with pytest.raises(FervggError, match=f"`crop_size` 30 must be at least 32 and below the image size {SIZE}"):
+        train(TrainSettings(data_dir=arrays, models_dir=tmp_path, crop_size=30))
+
+
+def test_resume_fingerprint_is_unchanged_for_runs_started_by_earlier_versions():
+    """The hashes the argparse-based model_training.py computed (before TrainSettings existed):
+    a run interrupted then must still resume."""
+    from fervgg.resume import settings_fingerprint
+
+    meta = {"sha256": {"X_train.npy": "abc"}}
+    assert settings_fingerprint(TrainSettings(), meta) == "6a6c14e5a1e91ce6"
+    assert settings_fingerprint(TrainSettings(weights="None", lr=1, crop_size=40, initial_model="x.keras",
+                                              augment=False), meta) == "856f96ccd235089e"

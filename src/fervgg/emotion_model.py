@@ -12,6 +12,7 @@ reads it (this module is the format's only owner).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import zipfile
@@ -37,8 +38,8 @@ def keras_cache_dir() -> Path:
 def imagenet_weights_help() -> str:
     return (
         f"cannot download the ImageNet weights file {config.VGG16_NOTOP_WEIGHTS} (offline?). "
-        f"Put it in {keras_cache_dir()}/ (Keras's cache), or pass --weights PATH to a local copy, "
-        "or --weights none to train from scratch"
+        f"Put it in {keras_cache_dir()}/ (Keras's cache), or pass `weights` PATH to a local copy, "
+        "or `weights` none to train from scratch"
     )
 
 
@@ -48,7 +49,7 @@ def resolve_weights(weights: str) -> str:
 
 
 def is_model_file(weights: str) -> bool:
-    """Does --weights name a saved model of ours (its backbone is reused), not a weights file?"""
+    """Does `weights` name a saved model of ours (its backbone is reused), not a weights file?"""
     return weights == "fer2013" or Path(weights).suffix == ".keras"
 
 
@@ -67,7 +68,7 @@ def saved_backbone(weights: str, image_size: int, backbone_size: int | None = No
     side = int(saved.input_shape[1])
     if side != image_size:
         raise FervggError(f"{path} takes {side}x{side} images but the data is {image_size}x{image_size}: "
-                        f"preprocess with --image-size {side}")
+                        f"preprocess with `image_size` {side}")
     # A fresh backbone of the same layout (so it computes in this run's precision), then
     # the trained weights.
     with_bn = any(layer.name.endswith("_bn") for layer in trained.layers)
@@ -276,9 +277,10 @@ class ModelInfo:
     crop_size: int = 0  # the random-crop training size (the model reads its centre crop), 0: none
 
 
-def write_sidecar(model_path: Path, args, meta: dict, run_name: str, phase: int, best_acc: float,
+def write_sidecar(model_path: Path, settings, meta: dict, run_name: str, phase: int, best_acc: float,
                   best_epoch: int, hardware: str, elapsed: float) -> None:
-    """<model>.json: classes, input, effective settings, data checksums, result, versions."""
+    """<model>.json: classes, input, effective settings (a train.TrainSettings), data
+    checksums, result, versions."""
     info = {
         "format_version": SIDECAR_VERSION,
         "model": model_path.name,
@@ -286,15 +288,15 @@ def write_sidecar(model_path: Path, args, meta: dict, run_name: str, phase: int,
         "class_names": meta["class_names"],
         "image_size": meta["image_size"],
         "input": f"raw grayscale pixels 0-255, shape (N, {meta['image_size']}, {meta['image_size']}, 1)",
-        "crop_size": getattr(args, "crop_size", 0),
+        "crop_size": settings.crop_size,
         "phase": phase,
         "best_val_accuracy": best_acc,
         "best_epoch": best_epoch,
         "training_seconds": round(elapsed, 1),
         "run_name": run_name,
         "hardware": hardware,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "data": {"dir": str(args.data_dir.resolve()), "sha256": meta["sha256"], "counts": meta["counts"]},
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(settings).items()},
+        "data": {"dir": str(settings.data_dir.resolve()), "sha256": meta["sha256"], "counts": meta["counts"]},
         "versions": library_versions("tensorflow", "keras", "numpy"),
     }
     atomic_write_json(sidecar_path(model_path), info)

@@ -1,5 +1,5 @@
 """Resuming an interrupted training run: the settings that must match, the resume point
-on disk (<models-dir>/.resume/: a checkpoint with optimizer state and state.json), and
+on disk (<models_dir>/.resume/: a checkpoint with optimizer state and state.json), and
 the clock that carries training time across sessions. TensorFlow-free, so a wrong
 resume state is reported before TensorFlow loads.
 """
@@ -15,26 +15,28 @@ from pathlib import Path
 from fervgg import config
 from fervgg.common import FervggError, atomic_save_keras, atomic_write_json, first_line
 
-# Settings that must match for a run to be resumed (others, like --epochs, may change).
+# Settings that must match for a run to be resumed (others, like `epochs`, may change).
 RESUME_KEYS = ("weights", "batch_size", "lr", "fine_tune_lr", "fine_tune_blocks", "optimizer",
                "label_smoothing", "class_weights", "augment", "precision", "seed", "dense_units",
                "dropout", "lr_schedule", "weight_decay", "warmup_epochs")
 
 
-def settings_fingerprint(args, meta: dict) -> str:
-    """What must not change for an interrupted run to be resumed: settings and data."""
-    chosen = {k: getattr(args, k) for k in RESUME_KEYS}
-    chosen["aug"] = [args.aug_flip, args.aug_rotation, args.aug_zoom, args.aug_shift, args.aug_erasing]
-    if getattr(args, "crop_size", 0):  # absent from fingerprints of runs made before cropping existed
-        chosen["aug"].append(args.crop_size)
-    if getattr(args, "initial_model", None):
-        chosen["initial_model"] = str(args.initial_model)
+def settings_fingerprint(settings, meta: dict) -> str:
+    """What must not change for an interrupted run to be resumed: the settings (a
+    train.TrainSettings) and the data. Runs saved by earlier versions must keep their hash."""
+    chosen = {k: getattr(settings, k) for k in RESUME_KEYS}
+    chosen["aug"] = [settings.aug_flip, settings.aug_rotation, settings.aug_zoom, settings.aug_shift,
+                     settings.aug_erasing]
+    if settings.crop_size:  # absent from fingerprints of runs made before cropping existed
+        chosen["aug"].append(settings.crop_size)
+    if settings.initial_model:
+        chosen["initial_model"] = str(settings.initial_model)
     chosen["data"] = meta["sha256"]
     return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class ResumeState:
-    """Per-epoch resume point in <models-dir>/.resume/: a full model (with optimizer state)
+    """Per-epoch resume point in <models_dir>/.resume/: a full model (with optimizer state)
     and state.json, written atomically; the JSON is written last and names the model file."""
 
     def __init__(self, models_dir: Path):
@@ -47,7 +49,7 @@ class ResumeState:
         if not self.json_path.is_file():
             return None
         damaged = (f"the resume state {self.json_path} is damaged ({{}}); nothing was deleted. Re-run with "
-                   "--fresh to start a new run (this replaces the interrupted run's models)")
+                   "`fresh` to start a new run (this replaces the interrupted run's models)")
         try:
             state = json.loads(self.json_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -80,7 +82,7 @@ class ResumeState:
             return keras.models.load_model(path, safe_mode=True, compile=True)
         except Exception as exc:  # a truncated or damaged .keras file
             raise FervggError(f"cannot read the resume checkpoint {path} ({first_line(exc, 120)}); nothing was "
-                            "deleted. Re-run with --fresh to start a new run") from None
+                            "deleted. Re-run with `fresh` to start a new run") from None
 
     def clear(self) -> None:
         for f in self.dir.glob("*"):

@@ -1,8 +1,8 @@
 """The pieces of a training run, each with explicit inputs: the input pipeline and its
 augmentation, optimizer and loss, the resume point on disk, the learning-rate schedule
 and the callbacks (best checkpoint, resumable early stopping and plateau schedule, time
-budget, resume point, Ctrl+C at a safe point), and the curves. model_training.py puts
-them together. Imports Keras: import it after the argument and data checks.
+budget, resume point, Ctrl+C at a safe point), and the curves. fervgg.train puts them
+together. Imports Keras: import it after the settings and data checks.
 """
 
 from __future__ import annotations
@@ -206,8 +206,8 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         loss = float((logs or {}).get("loss", 0.0))
         if not math.isfinite(loss):
             raise FervggError(f"training diverged: the loss became {loss} in epoch {self.epoch + 1}, batch "
-                            f"{batch + 1}; nothing from this epoch was saved. Lower --lr (it was {self.lr:g}) "
-                            "and add --fresh to start over")
+                              f"{batch + 1}; nothing from this epoch was saved. Lower `lr` (it was {self.lr:g}) "
+                              "and add `fresh` to start over")
 
 
 def trim_csv_log(path: Path, epochs_done: int) -> None:
