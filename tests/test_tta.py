@@ -81,3 +81,20 @@ def test_a_crop_models_views_are_what_its_center_crop_layer_reads():
     far = size - crop
     np.testing.assert_array_equal(read[2], x[:, far:, :crop, 0])  # view 2: the bottom-left window
     np.testing.assert_array_equal(read[9], x[:, far // 2:far // 2 + crop, far // 2:far // 2 + crop, 0][:, :, ::-1])
+
+
+def test_ten_crop_classifier_averages_at_the_inner_crop_size():
+    from fervgg.classifiers import Classifier
+
+    class Brightness(Classifier):  # "probability" of class 0 = mean brightness of what it is shown
+        def _predict_batch(self, batch):
+            m = batch.reshape(len(batch), -1).mean(axis=1) / 255.0
+            return np.stack([m, 1 - m], axis=1).astype(np.float32)
+
+    inner = Brightness("m.tflite", 48, 2)
+    inner.crop_size, inner.class_names = 40, ["a", "b"]
+    wrapped = tta.TenCrop(inner)
+    assert isinstance(wrapped, Classifier) and wrapped.class_names == ["a", "b"] and wrapped.crop_size == 40
+    x = np.random.default_rng(4).integers(0, 256, (5, 48, 48), dtype=np.uint8)
+    expected = tta.ten_crop(x, crop_size=40)[..., 0].reshape(10, 5, -1).mean(axis=2).mean(axis=0) / 255.0
+    np.testing.assert_allclose(wrapped.predict(x, batch_size=2)[:, 0], expected, rtol=1e-5)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from fervgg import config
+from fervgg.classifiers import Classifier
 
 VIEWS = 10
 _CV2_MAX_CHANNELS = 512  # cv2.resize takes at most this many channels at once
@@ -89,23 +90,19 @@ def predict_averaged(predict, x: np.ndarray, crop_size: int = 0) -> np.ndarray:
     return probs.reshape(VIEWS, n, -1).mean(axis=0)
 
 
-class TenCrop:
-    """A classifier (classifiers.Classifier) whose predictions are the mean over the ten
-    views of each image, at the classifier's own crop size; otherwise the same classifier."""
+class TenCrop(Classifier):
+    """A classifier whose predictions are the mean over the ten views of each image, at the
+    inner classifier's own crop size; path, backend, sizes and class names are the inner one's."""
 
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __getattr__(self, name):  # path, backend, image_size, crop_size, class_names, ...
-        return getattr(self.inner, name)
-
-    def describe(self) -> str:
-        return description(self.inner.image_size, self.inner.crop_size)
+    def __init__(self, inner: Classifier):
+        super().__init__(inner.path, inner.image_size, inner.num_outputs)
+        self.inner, self.backend = inner, inner.backend
+        self.crop_size, self.class_names = inner.crop_size, list(inner.class_names)
 
     def predict(self, pixels, batch_size: int = config.EVAL_BATCH_SIZE) -> np.ndarray:
-        """Like the classifier's predict; the views of batch_size images at a time are held."""
+        """Like the inner classifier's predict; the views of batch_size images at a time are held."""
         pixels = np.asarray(pixels)
         out = [predict_averaged(lambda views: self.inner.predict(views, batch_size), pixels[i:i + batch_size],
-                                self.inner.crop_size).astype(np.float32)
+                                self.crop_size).astype(np.float32)
                for i in range(0, len(pixels), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, self.inner.num_outputs), np.float32)
+        return np.concatenate(out) if out else np.zeros((0, self.num_outputs), np.float32)
