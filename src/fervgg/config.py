@@ -98,6 +98,7 @@ EXPORT_CHECK_SAMPLES: int = 8  # export_model.py: random inputs on which LiteRT 
 EXPORT_TOLERANCE: float = 1e-3  # ...to within this absolute difference of probabilities
 EXPORT_TOLERANCE_FLOAT16: float = 2e-2  # ...or this, with --float16 weights (rounding to 11 bits)
 TTA_CROP_FRACTION: float = 0.9  # ten-crop TTA: crop side / image side (training zooms in up to 10%)
+DETECTOR: str = "retinaface"  # the default face detector (fervgg.faces.DETECTORS)
 FACE_MARGIN: float = 0.2  # fraction of the face box added on each side before cropping
 DETECT_MAX_SIDE: int = 1024  # photos are downscaled to this longest side for detection
 # Video: frames are downscaled further for detection, and faces are detected on every Nth
