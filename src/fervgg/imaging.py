@@ -5,6 +5,7 @@ image folder, and prediction, so every path decodes pixels the same way.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -72,22 +73,30 @@ def list_files(folder: Path, hidden: list[Path] | None = None) -> list[Path]:
     return found
 
 
-def open_image(path: Path, max_pixels: int | None = None, draft_size: int | None = None) -> Image.Image:
-    """Open, check limits, fully decode and apply EXIF orientation.
+def open_image(path: Path | bytes, max_pixels: int | None = None, draft_size: int | None = None) -> Image.Image:
+    """Open, check limits, fully decode and apply EXIF orientation. `path` may also be the
+    bytes of an image file (an upload), checked and decoded the same way.
 
     `draft_size` lets JPEG decode at 1/2..1/8 scale when the result only needs to be
     about that big on each side, which makes large photos much cheaper; the limit applies
     to the decoded size, and `image.info["original_size"]` keeps the file's own (before
     orientation). Raises BadImage for anything that is not a usable image.
     """
-    try:
-        size = os.stat(path).st_size
-    except OSError as exc:
-        raise BadImage(f"cannot read file ({exc.strerror or exc})") from None
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        data = memoryview(path)
+        size = data.nbytes
+    else:
+        data = None
+        try:
+            size = os.stat(path).st_size
+        except OSError as exc:
+            raise BadImage(f"cannot read file ({exc.strerror or exc})") from None
     if size == 0:
         raise BadImage("empty file (0 bytes)")
     if size > config.MAX_FILE_BYTES:
         raise BadImage(f"file too large ({size / 2**20:.0f} MiB > {config.MAX_FILE_BYTES // 2**20} MiB)")
+    if data is not None:
+        return _decode(io.BytesIO(data), _max_pixels if max_pixels is None else max_pixels, draft_size)
     try:
         file = open(path, "rb")
     except OSError as exc:

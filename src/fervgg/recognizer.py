@@ -9,10 +9,15 @@ Images are decoded with the same limits as the scripts (decompression bombs, hug
 files), faces found by fervgg.faces, cropped square with a margin, and classified in
 batches. No face is an empty list; a bad input raises FervggError (its message is the
 line the command line prints).
+
+A recognizer may be shared by threads (a web service's workers): decoding and cropping run
+in parallel, face detection and classification one call at a time (their LiteRT
+interpreters are not thread-safe; detectors are shared by the whole process).
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -26,6 +31,7 @@ from fervgg.common import FervggError
 
 Box = tuple[int, int, int, int]
 CHANNEL_ORDERS = ("rgb", "bgr")
+_DETECTION = threading.Lock()  # fervgg.faces keeps one detector per process
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,8 @@ class EmotionRecognizer:
         where = {"models_dir": Path(models_dir).expanduser()} if models_dir is not None else {}
         self.classifier = open_classifier(model, **where, backend=backend, threads=threads, tta=tta,
                                           notes=notes or (lambda text: None))
+        self._lock = threading.Lock()  # one classification at a time
+        self._other_tta = None  # the classifier for classify(tta=...) against this instance's setting
         self.detector = detector
         self.max_pixels = int(max_megapixels * 1e6)
         self._faces = faces
@@ -105,8 +113,8 @@ class EmotionRecognizer:
     # -------------------------------------------------------------------------- photos
 
     def predict(self, image, *, detect: bool = True, channels: str = "rgb") -> list[Face]:
-        """The faces of one image (a path, a PIL image or a numpy array, RGB or gray;
-        channels="bgr" for OpenCV frames). detect=False: the image is one face."""
+        """The faces of one image (a path, the bytes of an image file, a PIL image or a numpy
+        array, RGB or gray; channels="bgr" for OpenCV frames). detect=False: the image is one face."""
         return self.predict_many([image], detect=detect, channels=channels)[0]
 
     def predict_many(self, images: Iterable, batch_size: int = config.EVAL_BATCH_SIZE, *, detect: bool = True,
@@ -127,7 +135,10 @@ class EmotionRecognizer:
             raise FervggError(f"face crops must be (N, {size}, {size}) or (N, {size}, {size}, 1) gray pixels, "
                               f"not an array of shape {crops.shape}")
         pixels = _as_uint8(crops, "face crops")
-        probs = self.classifier.predict(pixels[..., None], batch_size) if len(pixels) else []
+        if not len(pixels):
+            return []
+        with self._lock:
+            probs = self.classifier.predict(pixels[..., None], batch_size)
         return [self._face((0, 0, size, size), p) for p in probs]
 
     def prepare(self, image, *, detect: bool = True, channels: str = "rgb", whole_if_none: bool = False,
@@ -137,7 +148,11 @@ class EmotionRecognizer:
         rgb, name, scale = self._decode(image, channels, full_size=keep_image)
         width, height = rgb.size
         detect = detect and self.detector is not None
-        boxes = self._faces.detect_faces(rgb, self.detector) if detect else [(0, 0, width, height)]
+        if detect:
+            with _DETECTION:
+                boxes = self._faces.detect_faces(rgb, self.detector)
+        else:
+            boxes = [(0, 0, width, height)]
         found = True if detect else None
         if not boxes and whole_if_none:
             boxes, found = [(0, 0, width, height)], False
@@ -146,16 +161,30 @@ class EmotionRecognizer:
             boxes = [tuple(round(v * scale) for v in box) for box in boxes]
         return PreparedImage(name, boxes, crops, found, rgb if keep_image else None)
 
-    def classify(self, prepared: list[PreparedImage], batch_size: int = config.EVAL_BATCH_SIZE) -> None:
-        """Fills each PreparedImage's probs, all faces in batches of batch_size."""
+    def classify(self, prepared: list[PreparedImage], batch_size: int = config.EVAL_BATCH_SIZE, *,
+                 tta: bool | None = None) -> None:
+        """Fills each PreparedImage's probs, all faces in batches of batch_size. tta: ten-crop
+        TTA on or off for this call (default: as the recognizer was made)."""
         crops = [c for p in prepared for c in p.crops]
         if not crops:
             return
-        probs = self.classifier.predict(np.stack(crops)[..., None], batch_size)
+        with self._lock:
+            probs = self._classifier(tta).predict(np.stack(crops)[..., None], batch_size)
         at = 0
         for p in prepared:
             p.probs = list(probs[at:at + len(p.crops)])
             at += len(p.crops)
+
+    def _classifier(self, tta: bool | None):
+        """This recognizer's classifier, or the same model with TTA switched (sharing its weights)."""
+        from fervgg.tta import TenCrop
+
+        if tta is None or tta == isinstance(self.classifier, TenCrop):
+            return self.classifier
+        if self._other_tta is None:
+            tenfold = isinstance(self.classifier, TenCrop)
+            self._other_tta = self.classifier.inner if tenfold else TenCrop(self.classifier)
+        return self._other_tta
 
     def faces_of(self, prepared: PreparedImage) -> list[Face]:
         return [self._face(box, p) for box, p in zip(prepared.boxes, prepared.probs)]
@@ -169,17 +198,18 @@ class EmotionRecognizer:
         """(RGB image, a name for messages, file pixels per decoded pixel)."""
         if channels not in CHANNEL_ORDERS:
             raise FervggError(f"channels must be one of {', '.join(CHANNEL_ORDERS)}, not {channels!r}")
-        if isinstance(image, (str, Path)):
-            path = Path(image).expanduser()
+        if isinstance(image, (str, Path, bytes, bytearray, memoryview)):  # a file, or its contents (an upload)
+            source = Path(image).expanduser() if isinstance(image, (str, Path)) else image
+            where = f"{source}: " if isinstance(source, Path) else ""
             # Big JPEGs decode at a fraction of their size: faces need far less than 20 Mpx.
             try:
-                decoded = imaging.open_image(path, self.max_pixels,
+                decoded = imaging.open_image(source, self.max_pixels,
                                              draft_size=None if full_size else config.DETECT_MAX_SIDE)
-                return imaging.to_rgb(decoded), str(path), imaging.decoded_scale(decoded)
+                return imaging.to_rgb(decoded), str(source) if where else "image", imaging.decoded_scale(decoded)
             except imaging.BadImage as exc:
-                raise imaging.BadImage(f"{path}: {exc}") from None
+                raise imaging.BadImage(f"{where}{exc}") from None
             except (OSError, ValueError) as exc:
-                raise imaging.BadImage(f"{path}: cannot convert its pixels to RGB ({exc})") from None
+                raise imaging.BadImage(f"{where}cannot convert its pixels to RGB ({exc})") from None
         if isinstance(image, Image.Image):
             self._check_size(*image.size)
             try:
@@ -188,7 +218,8 @@ class EmotionRecognizer:
                 raise imaging.BadImage(f"cannot convert {image.mode} pixels to RGB ({exc})") from None
         if isinstance(image, np.ndarray):
             return self._from_array(image, channels), "array", 1.0
-        raise FervggError(f"an image must be a path, a PIL image or a numpy array, not {type(image).__name__}")
+        raise FervggError(f"an image must be a path, a PIL image or a numpy array (or an image file's bytes), "
+                          f"not {type(image).__name__}")
 
     def _from_array(self, array: np.ndarray, channels: str) -> Image.Image:
         if array.ndim == 3 and array.shape[-1] == 1:
