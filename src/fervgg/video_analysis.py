@@ -193,7 +193,7 @@ class FaceRow:
 
 @dataclass
 class Settings:
-    detector: str = "opencv"
+    detector: str = config.DETECTOR
     detect_every: int = config.VIDEO_DETECT_EVERY
     detect_side: int = config.VIDEO_DETECT_SIDE
     smooth_s: float = 0.0
@@ -239,7 +239,7 @@ class Analyser:
                    for t in self.tracker.visible() if t.thumb is not None)
 
     def _smoothed(self, track: Track, probs: np.ndarray, t: float) -> np.ndarray:
-        """Exponential smoothing along the track with time constant --smooth seconds."""
+        """Exponential smoothing along the track with time constant `smooth_s` seconds."""
         tau = self.settings.smooth_s
         if tau > 0 and track.probs is not None:
             alpha = 1.0 - math.exp(-max(t - track.time_s, 0.0) / tau)
@@ -331,7 +331,7 @@ class Summary:
 
 
 class Timeline:
-    """Probabilities over time per track, for --plot (a few floats per row)."""
+    """Probabilities over time per track, for the plot (a few floats per row)."""
 
     def __init__(self):
         self.points: dict[int, list[tuple[float, np.ndarray]]] = {}
@@ -380,15 +380,15 @@ class Annotator:
     def __init__(self, path: Path, source: VideoSource):
         suffix = path.suffix.lower()
         if suffix not in FOURCC:
-            raise FervggError(f"--annotate {path}: use one of {', '.join(FOURCC)} for a video")
+            raise FervggError(f"`annotate` {path}: use one of {', '.join(FOURCC)} for a video")
         if path.is_dir():
-            raise FervggError(f"--annotate {path} is a folder; give a video file name such as out.mp4")
+            raise FervggError(f"`annotate` {path} is a folder; give a video file name such as out.mp4")
         self.path = path
         self.partial = path.with_name(f".{path.stem}.partial{suffix}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise FervggError(f"cannot create the folder of --annotate {path}: {exc.strerror or exc}") from None
+            raise FervggError(f"cannot create the folder of `annotate` {path}: {exc.strerror or exc}") from None
         cv2 = opencv()
         self.writer = cv2.VideoWriter(str(self.partial), cv2.VideoWriter_fourcc(*FOURCC[suffix]),
                                       source.fps, (source.width, source.height))
