@@ -385,7 +385,8 @@ class Guard:
 
 
 def listen(settings: ServiceSettings) -> socket.socket:
-    """The listening socket, bound now: a port in use is one clear error before the model loads."""
+    """The listening socket, bound and listening now: a port in use is one clear error before the
+    model loads, and clients may connect as soon as this returns."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -398,7 +399,7 @@ def listen(settings: ServiceSettings) -> socket.socket:
     except (socket.gaierror, UnicodeError) as exc:
         sock.close()
         raise FervggError(f"cannot listen on `host` {settings.host!r}: {exc}") from None
-    sock.set_inheritable(True)
+    sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them
     return sock
 
 
