@@ -589,3 +589,77 @@ def test_resume_fingerprint_is_unchanged_for_runs_started_by_earlier_versions():
     assert settings_fingerprint(TrainSettings(), meta) == "6a6c14e5a1e91ce6"
     assert settings_fingerprint(TrainSettings(weights="None", lr=1, crop_size=40, initial_model="x.keras",
                                               augment=False), meta) == "856f96ccd235089e"
+
+
+# ---------------------------------------------------------------- issue 21: names, locks, folders
+
+@pytest.mark.parametrize("name", ["../../x", "/tmp/elsewhere", "a/b", "..", ".", "", "a\\b"])
+def test_a_run_name_with_separators_or_dots_is_refused(name):
+    with pytest.raises(FervggError, match="`run_name`"):
+        TrainSettings(run_name=name)
+
+
+def test_a_second_run_on_a_models_folder_in_use_is_refused_naming_the_holder(arrays, tmp_path):
+    from fervgg.common import folder_lock
+
+    models = tmp_path / "models"
+    with folder_lock(models, "training run other"):
+        with pytest.raises(FervggError, match=r"in use by training run other \(pid \d+"):
+            train(TrainSettings(data_dir=arrays, models_dir=models, logs_dir=tmp_path / "logs", weights="none",
+                                epochs=1, steps_per_epoch=1, batch_size=8, precision="float32", dense_units=16))
+    assert not (models / config.BEST_MODEL).exists()
+
+
+def test_one_class_arrays_are_refused_in_one_line(tmp_path):
+    from fervgg.artifacts import write_dataset
+
+    data = tmp_path / "one"
+    x = {s: np.zeros((4, SIZE, SIZE), np.uint8) for s in config.SPLITS}
+    y = {s: np.zeros(4, np.int64) for s in config.SPLITS}
+    write_dataset(data, x, y, lambda sha: {"class_names": ["happy"], "image_size": SIZE, "sha256": sha,
+                                           "counts": {}})
+    with pytest.raises(FervggError, match="at least 2 classes"):
+        train(TrainSettings(data_dir=data, models_dir=tmp_path / "m", logs_dir=tmp_path / "l", weights="none",
+                            epochs=1, batch_size=2, precision="float32", dense_units=16))
+
+
+def test_unwritable_models_or_logs_folder_is_named_before_training(arrays, tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FervggError, match="`models_dir`.*is under .*file, which is a file"):
+        train(TrainSettings(data_dir=arrays, models_dir=tmp_path / "file" / "m", logs_dir=tmp_path / "l",
+                            weights="none", epochs=1, steps_per_epoch=1, batch_size=8, precision="float32"))
+    real = tempfile.TemporaryFile
+    logs = tmp_path / "ro_logs"
+    logs.mkdir()
+
+    def read_only(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == logs:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    with pytest.raises(FervggError, match="cannot write to `logs_dir`.*Read-only file system") as err:
+        train(TrainSettings(data_dir=arrays, models_dir=tmp_path / "m", logs_dir=logs, weights="none",
+                            epochs=1, steps_per_epoch=1, batch_size=8, precision="float32", dense_units=16))
+    assert "free some space" not in str(err.value)
+
+
+def test_a_full_logs_disk_after_training_names_the_path_and_says_the_model_is_saved(arrays, tmp_path, monkeypatch,
+                                                                                   capsys):
+    import errno
+
+    from fervgg import training
+
+    def full(run_dir):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(training, "plot_curves", full)
+    result = train(TrainSettings(data_dir=arrays, models_dir=tmp_path / "m", logs_dir=tmp_path / "l",
+                                 run_name="full", weights="none", epochs=1, steps_per_epoch=1, batch_size=8,
+                                 precision="float32", dense_units=16))
+    err = capsys.readouterr().err
+    assert result.curves is None and (tmp_path / "m" / config.BEST_MODEL).is_file()
+    assert "No space left on device" in err and str(tmp_path / "l" / "full") in err and "saved" in err

@@ -11,6 +11,7 @@ import os
 import platform
 import sys
 import tempfile
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -123,13 +124,54 @@ def atomic_save_keras(model, path: Path) -> None:
     """model.save() into a temporary .keras file beside `path`, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    tmp = unique_temporary(path)
     try:
         model.save(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def unique_temporary(path: Path) -> Path:
+    """A temporary name beside `path`, with its suffix (some writers choose the format by
+    it), that no other process or thread writing the same file at once will use."""
+    path = Path(path)
+    return path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial{path.suffix}")
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, holder: str, setting: str = "`models_dir`"):
+    """Hold `folder`'s lock (an flock on <folder>/.lock, released by the kernel if the process
+    dies) while a run writes there; `holder` (e.g. "training run run-1") is written in the lock
+    file so that a second run is refused in one line naming it and its process."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    import fcntl
+
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 300, 0).decode("utf-8", "replace").strip() or "another process"
+            raise FervggError(f"{setting} {folder} is in use by {other}: wait for it to finish, or use "
+                              f"another {setting}") from None
+        def describe(text: str) -> None:  # what holds it, once that is known (e.g. the run's name)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{text} (pid {os.getpid()}, since {since})".encode(), 0)
+
+        since = utc_now()
+        describe(holder)
+        try:
+            yield describe
+        finally:
+            os.ftruncate(fd, 0)  # released: the file says nothing of a run that is gone
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def writable_folder(path: Path, setting: str) -> Path:
@@ -163,9 +205,18 @@ def read_json(path: Path, what: str) -> dict:
     if not path.is_file():
         raise FervggError(f"{what} not found: {path}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FervggError(f"{what} is not readable JSON ({path}): {exc}") from None
+        return loads_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise FervggError(f"{what} is not readable JSON ({path}): {first_line(exc, 120)}") from None
+
+
+def loads_json(text: str):
+    """json.loads, with nesting too deep for Python's parser (e.g. 200,000 "[") a ValueError
+    like any other malformed JSON rather than a RecursionError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def printable(text) -> str:

@@ -14,16 +14,17 @@ them together. TensorFlow is imported only after the settings and data are check
 
 from __future__ import annotations
 
+import errno
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 from fervgg import config
 from fervgg.artifacts import Split, load_split, read_meta
-from fervgg.common import DISK_ERRORS, FervggError, import_tensorflow
+from fervgg.common import DISK_ERRORS, FervggError, folder_lock, import_tensorflow, writable_folder
 from fervgg.hardware import DISTRIBUTE_MODES, PRECISIONS, setup_hardware
 from fervgg.resume import Clock, ResumeState, settings_fingerprint
 from fervgg.settings import check_choice, check_settings
@@ -98,10 +99,20 @@ class TrainSettings:
                 raise FervggError("`initial_model` needs `weights` none (it replaces the starting weights)")
             if str(self.initial_model) == "fer2013":
                 self.initial_model = Path(config.PRETRAINED_MODEL)
+        if self.run_name is not None:
+            check_run_name(self.run_name)
 
     @property
     def pretrained(self) -> bool:
         return self.weights != "none"
+
+
+def check_run_name(name: str) -> None:
+    """A run name is one folder name under `logs_dir`: no separators, no "." or "..", so the
+    logs can never land outside it."""
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name or not name.isprintable():
+        raise FervggError(f"`run_name` {name!r} must be a plain folder name (no /, \\, '.' or '..'): "
+                          "the run's logs go in a folder of that name under `logs_dir`")
 
 
 @dataclass
@@ -140,6 +151,17 @@ def train(settings: TrainSettings) -> TrainResult:
     if len(train_split.y) == 0 or len(val_split.y) == 0:
         raise FervggError(f"need training and validation images; got {len(train_split.y)} and "
                           f"{len(val_split.y)} (re-run data_processing.py with a non-zero `val_fraction`)")
+    if len(meta["class_names"]) < 2:
+        raise FervggError(f"{settings.data_dir} holds {len(meta['class_names'])} class(es) "
+                          f"{meta['class_names']}: a classifier needs at least 2 classes (one folder per class)")
+    writable_folder(settings.models_dir, "`models_dir`")
+    writable_folder(settings.logs_dir, "`logs_dir`")
+    with folder_lock(settings.models_dir, "a training run") as holder:
+        return _train_locked(settings, meta, train_split, val_split, holder)
+
+
+def _train_locked(settings: TrainSettings, meta: dict, train_split: Split, val_split: Split,
+                  holder: Callable[[str], None]) -> TrainResult:
     resume, state, fingerprint = start_or_resume(settings, meta)
     print(f"data: {len(train_split.y)} train / {len(val_split.y)} val images, "
           f"{meta['image_size']}x{meta['image_size']}, classes {meta['class_names']}")
@@ -155,6 +177,7 @@ def train(settings: TrainSettings) -> TrainResult:
         state = new_state(settings, fingerprint)
     else:
         print(f"resuming run {state['run_name']} ({state['elapsed_seconds'] / 60:.1f} min trained so far)")
+    holder(f"training run {state['run_name']}")
     clock = Clock(time.time() - state.get("elapsed_seconds", 0.0),
                   settings.time_budget * 60 if settings.time_budget else None)
     run = TrainingRun(settings, meta, train_split, val_split, state, resume, clock, strategy, hardware)
@@ -165,13 +188,22 @@ def train(settings: TrainSettings) -> TrainResult:
     except OSError as exc:  # a full disk while saving: the files saved before are whole (atomic writes)
         if exc.errno not in DISK_ERRORS:
             raise
+        fix = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "make it writable"
         raise FervggError(f"cannot save {exc.filename or 'a checkpoint'}: {exc.strerror or exc}; "
-                          f"{state.get('epoch', 0)} epoch(s) of phase {state.get('phase', 1)} are saved: free "
-                          "some space and re-run with the same settings to resume") from None
-    from fervgg.training import plot_curves
+                          f"{state.get('epoch', 0)} epoch(s) of phase {state.get('phase', 1)} are saved: {fix} "
+                          "and re-run with the same settings to resume") from None
+    from fervgg import training
 
     resume.clear()
-    curves = plot_curves(run.run_dir)
+    try:
+        curves = training.plot_curves(run.run_dir)
+    except OSError as exc:  # the logs' disk: the models are saved already, say so rather than fail
+        if exc.errno not in DISK_ERRORS:
+            raise
+        curves = None
+        saved = ", ".join(str(r.model_path) for r in phases.values()) or str(settings.models_dir)
+        print(f"warning: cannot write the training curves in {run.run_dir}: {exc.strerror or exc}; "
+              f"the models are saved ({saved})", file=sys.stderr)
     return TrainResult(state["run_name"], run.run_dir, phases, clock.elapsed(), hardware, curves)
 
 
