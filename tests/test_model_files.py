@@ -90,3 +90,113 @@ def test_every_model_loader_says_the_same_for_a_folder_and_a_missing_file(tmp_pa
             load(folder)
         with pytest.raises(FervggError, match="model not found: .*pass `model` PATH"):
             load(tmp_path / "absent.tflite")
+
+
+# ---------------------------------------------------------------- issue 21: hostile files
+
+NESTED = "[" * 200_000 + "]" * 200_000
+
+
+def _small_keras(path, units: int, extra: dict | None = None, weights_from=None):
+    """A tiny Dense model saved as .keras; `extra` zip members added, `weights_from`: another
+    .keras whose weights file replaces this one's."""
+    import zipfile
+
+    import keras
+
+    inputs = keras.Input((4,))
+    keras.Model(inputs, keras.layers.Dense(units, name="d")(inputs)).save(path)
+    if extra or weights_from:
+        members = {n: zipfile.ZipFile(path).read(n) for n in zipfile.ZipFile(path).namelist()}
+        if weights_from:
+            members["model.weights.h5"] = zipfile.ZipFile(weights_from).read("model.weights.h5")
+        members.update(extra or {})
+        with zipfile.ZipFile(path, "w") as z:
+            for name, data in members.items():
+                z.writestr(name, data)
+    return path
+
+
+def test_nested_json_in_every_file_we_read_is_one_line(tiny_model, tmp_path):
+    import os
+    import shutil
+
+    from fervgg import artifacts, classifiers, config
+    from fervgg.resume import ResumeState
+
+    model = tmp_path / "m.keras"
+    shutil.copy(tiny_model.path, model)
+    model.with_suffix(".json").write_text(NESTED)
+    with pytest.raises(FervggError, match="sidecar.*is damaged.*nested"):
+        emotion_model.model_info(model)
+    lite = shutil.copy(tiny_model.path.with_suffix(".tflite"), model.with_suffix(".tflite"))
+    os.utime(lite, (1, 1))  # older than the .keras: the sidecar is consulted
+    assert classifiers.export_is_current(model, lite) is False
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / config.META_FILE).write_text(NESTED)
+    with pytest.raises(FervggError, match="not readable JSON"):
+        artifacts.read_meta(tmp_path / "data")
+    state = ResumeState(tmp_path / "models")
+    state.dir.mkdir(parents=True)
+    state.json_path.write_text(NESTED)
+    with pytest.raises(FervggError, match="resume state .* is damaged"):
+        state.load()
+
+
+@pytest.mark.parametrize("names", [[True, "b", "c"], ["a", "a", "b"], ["a", "", "b"], ["a", " ", "b"],
+                                   ["a", None, "b"]])
+def test_sidecar_class_names_must_be_distinct_non_empty_strings(tmp_path, names):
+    import json
+
+    model = tmp_path / "m.keras"
+    model.with_suffix(".json").write_text(json.dumps({"class_names": names, "image_size": 48}))
+    with pytest.raises(FervggError, match="class_names.*distinct"):
+        emotion_model.model_info(model)
+
+
+def test_weights_that_do_not_fit_name_the_cause_and_no_keras_warning_leaks(tmp_path):
+    import warnings
+
+    other = _small_keras(tmp_path / "b.keras", 4)
+    mixed = _small_keras(tmp_path / "mixed.keras", 3, weights_from=other)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(FervggError) as err:
+            emotion_model.load_model(mixed)
+    message = str(err.value)
+    assert "\n" not in message and "shape" in message and "(4, 3)" in message, message
+    assert not message.rstrip().endswith(":")
+    assert not [w for w in caught if "keras" in str(w.filename)], [str(w.message) for w in caught]
+
+
+def test_zip_members_outside_the_archive_give_no_python_warning(tmp_path):
+    import warnings
+
+    path = _small_keras(tmp_path / "dots.keras", 3, extra={"../evil.txt": b"x"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            emotion_model.load_model(path)
+        except FervggError:
+            pass
+    assert not caught, [str(w.message) for w in caught]
+    assert not (tmp_path.parent / "evil.txt").exists()
+
+
+def test_a_tfsmlayer_model_is_refused_naming_what_it_contains(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    class Double(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+        def __call__(self, x):
+            return {"y": x * 2}
+
+    saved = Double()
+    tf.saved_model.save(saved, str(tmp_path / "sm"), signatures={"serving_default": saved.__call__})
+    inputs = keras.Input((4,))
+    keras.Model(inputs, keras.layers.TFSMLayer(str(tmp_path / "sm"), call_endpoint="serving_default")(inputs)) \
+        .save(tmp_path / "tfsm.keras")
+    with pytest.raises(FervggError, match="TFSMLayer") as err:
+        emotion_model.load_model(tmp_path / "tfsm.keras")
+    assert "Lambda" not in str(err.value) and "safe_mode=False" not in str(err.value)

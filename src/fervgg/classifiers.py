@@ -14,7 +14,6 @@ checked here, once) are decided in this module. TensorFlow is imported only to l
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
@@ -23,7 +22,7 @@ import numpy as np
 
 from fervgg import config
 from fervgg import emotion_model  # TF-free at import time: TensorFlow is only imported to load a .keras
-from fervgg.common import FervggError, check_gray_input, model_not_found, sha256_file
+from fervgg.common import FervggError, check_gray_input, loads_json, model_not_found, sha256_file
 
 BACKENDS = ("auto", "litert", "keras")
 EXPORT_HINT = "export it with scripts/export_model.py"
@@ -154,7 +153,7 @@ def export_is_current(model: Path, lite: Path) -> bool:
     if not model.is_file() or lite.stat().st_mtime >= model.stat().st_mtime:
         return True
     try:
-        record = json.loads(emotion_model.sidecar_path(model).read_text(encoding="utf-8"))["litert_export"]
+        record = loads_json(emotion_model.sidecar_path(model).read_text(encoding="utf-8"))["litert_export"]
         return record["file"] == lite.name and record["keras_sha256"] == sha256_file(model)
     except (OSError, ValueError, KeyError, TypeError):
         return False

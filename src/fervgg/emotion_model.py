@@ -13,8 +13,8 @@ reads it (this module is the format's only owner).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +23,7 @@ import numpy as np
 
 from fervgg import config
 from fervgg.common import (FervggError, atomic_write_json, first_line, import_tensorflow, library_versions,
-                           model_not_found, utc_now)
+                           loads_json, model_not_found, printable, utc_now)
 
 # VGG16 "caffe" preprocessing: BGR channel means of ImageNet, no scaling.
 VGG_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -219,16 +219,43 @@ def load_model(model_path: Path, compile: bool = False, float32: bool = True):
         raise FervggError(f"{model_path} exists but is not a valid Keras model file (a .keras file is a zip "
                         "archive; this one is damaged or truncated): re-train or re-copy it")
     import_tensorflow()
+    try:
+        model = keras_load(model_path, compile=compile)
+    except Exception as exc:
+        text = str(exc)
+        if "safe_mode" in text or "Lambda" in text:
+            what = next((kind for name, kind in CODE_LAYERS.items() if name in text), "code Keras's safe mode refuses")
+            raise FervggError(f"{model_path} contains {what} and is refused: models are only loaded from "
+                              "built-in layers") from None
+        raise FervggError(f"cannot load model {model_path}: {keras_error_line(exc)}") from None
+    return as_float32(model) if float32 else model
+
+
+# What Keras's safe mode refuses to load, as a user would name it.
+CODE_LAYERS = {"TFSMLayer": "a TFSMLayer (an external TensorFlow SavedModel, which can run code)",
+               "Lambda": "code (a Lambda layer)"}
+
+
+def keras_load(path: Path, compile: bool = False):
+    """keras.models.load_model with safe_mode, its Python warnings (archive members with "..",
+    sublayers it skips, NumPy deprecations) kept from the user: what matters is raised."""
     import keras
 
-    try:
-        model = keras.models.load_model(model_path, compile=compile, safe_mode=True)
-    except Exception as exc:
-        if "Lambda" in str(exc) or "safe_mode" in str(exc):
-            raise FervggError(f"{model_path} contains code (a Lambda layer) and is refused: models are only "
-                            "loaded from built-in layers") from None
-        raise FervggError(f"cannot load model {model_path}: {first_line(exc)}") from None
-    return as_float32(model) if float32 else model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return keras.models.load_model(path, compile=compile, safe_mode=True)
+
+
+def keras_error_line(exc: BaseException, limit: int = 300) -> str:
+    """One line of a Keras loading error with its cause: Keras puts the cause after a line
+    ending in ":" ("Example error message for object <Dense ...>:") and then dumps values."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0]
+    if text.endswith(":") and len(lines) > 1:
+        text = f"{text} {lines[1]}"
+    return text.split(" Target variable:")[0][:limit]
 
 
 def _config_with_policy(node, name: str):
@@ -312,19 +339,23 @@ def model_info(model_path: Path, num_outputs: int | None = None) -> ModelInfo:
     if side.is_file():
         damaged = f"{side} (the model's sidecar) is damaged: {{}}; re-train, or delete it to assume FER2013's classes"
         try:
-            info = json.loads(side.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            info = loads_json(side.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise FervggError(damaged.format(first_line(exc, 120))) from None
         if not isinstance(info, dict) or not isinstance(info.get("class_names"), list) \
                 or not isinstance(info.get("image_size"), int):
             raise FervggError(damaged.format("no class_names list and image_size"))
+        names = info["class_names"]
+        if not all(isinstance(n, str) and n.strip() for n in names) or len(set(names)) != len(names):
+            raise FervggError(damaged.format(f"class_names {printable(names)[:120]} are not distinct non-empty "
+                                             "strings"))
         version = info.get("format_version", SIDECAR_VERSION)
         if version != SIDECAR_VERSION:
             raise FervggError(damaged.format(f"format version {version}, this code reads {SIDECAR_VERSION}"))
         crop = info.get("crop_size") or 0
         if not isinstance(crop, int) or not 0 <= crop <= info["image_size"]:
             raise FervggError(damaged.format(f"crop_size {crop!r} is not 0..{info['image_size']}"))
-        return ModelInfo([str(n) for n in info["class_names"]], info["image_size"], info, crop_size=crop)
+        return ModelInfo(list(names), info["image_size"], info, crop_size=crop)
     if num_outputs in (None, len(config.CLASS_NAMES)):
         return ModelInfo(list(config.CLASS_NAMES), config.IMAGE_SIZE,
                          assumed=f"{side} not found: assuming FER2013's 7 classes")

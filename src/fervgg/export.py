@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -28,8 +27,8 @@ import numpy as np
 from fervgg import config
 from fervgg import emotion_model
 from fervgg.classifiers import KerasClassifier, Notes, print_note
-from fervgg.common import (FervggError, atomic_save_keras, atomic_write_json, first_line, sha256_file, utc_now,
-                           writable_folder)
+from fervgg.common import (FervggError, atomic_save_keras, atomic_write_json, first_line, loads_json, sha256_file,
+                           utc_now, writable_folder)
 
 
 @dataclass
@@ -160,7 +159,7 @@ def record_export(keras_path: Path, tflite_file: Path, float16: bool, diff: floa
     side = emotion_model.sidecar_path(keras_path)
     if not side.is_file():
         return
-    info = json.loads(side.read_text(encoding="utf-8"))
+    info = loads_json(side.read_text(encoding="utf-8"))
     info["litert_export"] = {"file": tflite_file.name, "keras_sha256": sha256_file(keras_path),
                              "weights": "float16" if float16 else "float32", "max_abs_difference": diff,
                              "created": utc_now()}
@@ -184,7 +183,7 @@ def _publish_keras(model, model_path: Path, settings: ExportSettings, x: np.ndar
         target.unlink(missing_ok=True)
         raise
     side = emotion_model.sidecar_path(model_path)
-    info = json.loads(side.read_text(encoding="utf-8")) if side.is_file() else {}
+    info = loads_json(side.read_text(encoding="utf-8")) if side.is_file() else {}
     info.update(model=target.name, weights="float16" if settings.float16 else "float32",
                 exported_from={"file": str(model_path), "sha256": sha256_file(model_path)})
     atomic_write_json(emotion_model.sidecar_path(target), info)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fervgg import config
-from fervgg.common import FervggError, atomic_save_keras, atomic_write_json, first_line
+from fervgg.common import FervggError, atomic_save_keras, atomic_write_json, first_line, loads_json
 
 # Settings that must match for a run to be resumed (others, like `epochs`, may change).
 RESUME_KEYS = ("weights", "batch_size", "lr", "fine_tune_lr", "fine_tune_blocks", "optimizer",
@@ -51,8 +51,8 @@ class ResumeState:
         damaged = (f"the resume state {self.json_path} is damaged ({{}}); nothing was deleted. Re-run with "
                    "`fresh` to start a new run (this replaces the interrupted run's models)")
         try:
-            state = json.loads(self.json_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            state = loads_json(self.json_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise FervggError(damaged.format(first_line(exc, 120))) from None
         if not isinstance(state, dict) or not isinstance(state.get("fingerprint"), str) \
                 or not isinstance(state.get("epoch", 0), int):
@@ -76,10 +76,10 @@ class ResumeState:
     def load_model(self, state: dict):
         """The checkpoint with its optimizer state; FervggError if it cannot be read."""
         path = self.dir / state["model_file"]
-        import keras
+        from fervgg.emotion_model import keras_load
 
         try:
-            return keras.models.load_model(path, safe_mode=True, compile=True)
+            return keras_load(path, compile=True)
         except Exception as exc:  # a truncated or damaged .keras file
             raise FervggError(f"cannot read the resume checkpoint {path} ({first_line(exc, 120)}); nothing was "
                             "deleted. Re-run with `fresh` to start a new run") from None
