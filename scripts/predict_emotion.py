@@ -47,7 +47,7 @@ from fervgg import config, drawing, records
 from fervgg.classifiers import BACKENDS
 from fervgg.common import FervggError, atomic_write_bytes, printable, writable_folder
 from fervgg.faces import DETECTORS
-from fervgg.inputs import resolve_inputs
+from fervgg.inputs import check_output_folder, resolve_inputs
 from fervgg.recognizer import EmotionRecognizer, PreparedImage
 
 VIDEO_ONLY = ("every", "fps", "smooth", "plot", "detect_every", "detect_side")
@@ -186,13 +186,14 @@ def recognizer(args) -> EmotionRecognizer:
 def predict_video(args) -> int:
     from fervgg import video_analysis as video
 
-    source = video.open_video(args.video, int(args.max_megapixels * 1e6))  # fails before the model loads
-    rec = recognizer(args)
     output = "json" if args.json else "jsonl" if args.jsonl else "csv" if args.csv else None
     settings = video.Settings(detector=args.detector, detect_every=args.detect_every,
                               detect_side=args.detect_side, smooth_s=args.smooth)
     options = video.VideoOptions(source=args.video, every=args.every, sample_fps=args.fps, output=output,
                                  plot=args.plot, annotate=args.annotate, settings=settings)
+    video.check_outputs(options)  # before the video opens and the model loads: bad outputs fail at once
+    source = video.open_video(args.video, int(args.max_megapixels * 1e6))
+    rec = recognizer(args)
     print(f"model {rec.classifier.path} ({rec.classifier.backend})", file=sys.stderr)
     return video.analyse_video(options, rec.classifier, source)
 
@@ -200,6 +201,7 @@ def predict_video(args) -> int:
 def predict_photos(args) -> int:
     files = resolve_inputs(args.image_paths)
     if args.annotate:  # before the model loads: a bad folder fails at once
+        check_output_folder(args.annotate, files, "`annotate`")
         writable_folder(args.annotate, "`annotate`")
         try:
             args.annotate.mkdir(parents=True, exist_ok=True)

@@ -520,3 +520,19 @@ def test_checkout_order_does_not_make_a_published_tflite_look_stale(model_path, 
     (tmp_path / "best_model.json").write_text(json.dumps(info))
     assert find_model(keras_file).backend == "keras"
     assert "older than" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how", ["same", "dotdot", "symlink"])
+def test_annotate_into_the_input_folder_is_refused_before_any_work(tmp_path, how):
+    """Issue 21, point 2: annotated copies must never replace the photos they were made from."""
+    photos = tmp_path / "inp"
+    photos.mkdir()
+    Image.fromarray(face_like(0)).save(photos / "p.png")
+    before = (photos / "p.png").read_bytes()
+    annotate = {"same": photos, "dotdot": photos / ".." / "inp", "symlink": tmp_path / "link"}[how]
+    if how == "symlink":
+        annotate.symlink_to(photos)
+    with pytest.raises(FervggError, match=r"`annotate` .* holds input images"):
+        predict_emotion.main(["--image_path", str(photos), "--annotate", str(annotate),
+                              "--model", str(tmp_path / "no-model-needed-yet.keras")])
+    assert (photos / "p.png").read_bytes() == before and sorted(os.listdir(photos)) == ["p.png"]

@@ -318,3 +318,104 @@ def test_real_detector_tracks_a_drawn_face_in_a_generated_clip(tiny_model, tmp_p
     last = rows[-1]
     assert faces.iou((int(last["x"]), int(last["y"]), int(last["w"]), int(last["h"])),
                      (40 + 3 * int(last["frame"]), 60, 110, 110)) > 0.3
+
+
+# ------------------------------------------------------------------------------ issue 21
+
+def test_annotate_onto_the_input_video_is_refused_before_any_work(tmp_path):
+    clip = write_clip(tmp_path / "clip.avi", frames=3)
+    before = clip.read_bytes()
+    link = tmp_path / "link.avi"
+    link.symlink_to(clip)
+    for target in (clip, tmp_path / "sub" / ".." / "clip.avi", link):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        for flag in ("--annotate", "--plot"):
+            with pytest.raises(video.FervggError, match=f"`{flag[2:]}` .* is the input video"):
+                predict_emotion.main(["--video", str(clip), flag, str(target),
+                                      "--model", str(tmp_path / "no-model-needed-yet.keras")])
+    assert clip.read_bytes() == before
+
+
+def test_two_annotators_of_one_file_use_different_temporary_names(tmp_path):
+    clip = write_clip(tmp_path / "clip.avi", frames=2)
+    source = video.open_video(str(clip))
+    first, second = (video.Annotator(tmp_path / "out.avi", source) for _ in range(2))
+    assert first.partial != second.partial and first.partial.suffix == ".avi"
+    first.discard()
+    second.discard()
+
+
+@pytest.mark.parametrize("case", ["folder", "under_file", "read_only"])
+def test_plot_is_checked_before_the_model_loads(tmp_path, monkeypatch, case):
+    import errno
+    import tempfile
+
+    clip = write_clip(tmp_path / "clip.avi", frames=2)
+    (tmp_path / "afile").write_text("x")
+    plot = {"folder": tmp_path, "under_file": tmp_path / "afile" / "p.png",
+            "read_only": tmp_path / "ro" / "p.png"}[case]
+    if case == "read_only":
+        (tmp_path / "ro").mkdir()
+        real = tempfile.TemporaryFile
+
+        def read_only(*args, dir=None, **kwargs):
+            if dir is not None and Path(dir) == tmp_path / "ro":
+                raise OSError(errno.EROFS, "Read-only file system")
+            return real(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(predict_emotion, "recognizer", lambda args: pytest.fail("the model was loaded"))
+    with pytest.raises(video.FervggError, match="`plot`"):
+        predict_emotion.main(["--video", str(clip), "--plot", str(plot)])
+
+
+def test_a_huge_camera_index_is_one_line():
+    with pytest.raises(video.FervggError, match="camera index .* out of range"):
+        video.open_video("99999999999999999999")
+
+
+class FakeCapture:
+    """A capture whose container timestamps are irregular (variable frame rate)."""
+
+    def __init__(self, times_ms):
+        self.times, self.i = times_ms, -1
+
+    def grab(self):
+        self.i += 1
+        return self.i < len(self.times)
+
+    def retrieve(self):
+        return True, np.zeros((H, W, 3), np.uint8)
+
+    def get(self, prop):
+        return self.times[self.i] if prop == cv2.CAP_PROP_POS_MSEC else 0.0
+
+
+def test_file_times_come_from_the_container_timestamps():
+    times = [0.0, 100.0, 150.0, 400.0, 410.0]
+    source = video.VideoSource("vfr.mov", FakeCapture(times), 10.0, 5, W, H, False)
+    got = [t for _, t, _, _ in video.read_frames(source)]
+    assert got == pytest.approx([t / 1000 for t in times])
+
+
+def test_a_truncated_video_says_how_many_frames_were_read(tiny_model, fake_detector, tmp_path, capsys, monkeypatch):
+    clip = write_clip(tmp_path / "clip.avi", frames=12)
+    real = video.open_video
+
+    def claims_twice_as_many(spec, max_pixels=None):
+        source = real(spec, max_pixels)
+        source.frame_count = 24
+        return source
+
+    monkeypatch.setattr(video, "open_video", claims_twice_as_many)
+    code, out, err = run_video(capsys, "--video", str(clip), "--model", str(tiny_model.path))
+    assert "12 of the 24 frames" in err and "truncated" in err, err
+
+
+def test_a_one_frame_video_reports_the_faces_it_saw(tiny_model, fake_detector, tmp_path, capsys):
+    clip = write_clip(tmp_path / "still.avi", frames=1)
+    code, out, err = run_video(capsys, "--video", str(clip), "--model", str(tiny_model.path), "--csv")
+    assert code == 0, err
+    rows = csv_rows(out)
+    assert len(rows) == 1 and rows[0]["track"] == "1", (out, err)
+    assert "no face found" not in err and "still image" in err

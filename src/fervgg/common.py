@@ -195,6 +195,17 @@ def writable_folder(path: Path, setting: str) -> Path:
     return existing
 
 
+def same_path(a: Path, b: Path) -> bool:
+    """Do `a` and `b` name one file or folder? Resolved paths (symlinks, "a/../a") and, when
+    both exist, inodes (hard links, bind mounts) are compared."""
+    try:
+        if os.path.samefile(a, b):
+            return True
+    except OSError:  # one does not exist (yet)
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
 def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from fervgg import config, imaging
-from fervgg.common import FervggError
+from fervgg.common import FervggError, printable, same_path
 
 GLOB_CHARS = set("*?[")
 
@@ -59,3 +59,13 @@ def resolve_inputs(specs: list[str]) -> list[Path]:
             seen.add(key)
             unique.append(f)
     return unique
+
+
+def check_output_folder(folder: Path, files: list[Path], setting: str) -> None:
+    """Refuse, before any work, an output folder that holds any of the input `files` (its
+    copies, named like the inputs, would replace them): FervggError naming `setting`."""
+    for parent in dict.fromkeys(Path(f).parent for f in files):
+        if same_path(parent, folder):
+            example = next(f for f in files if Path(f).parent == parent)
+            raise FervggError(f"{setting} {printable(folder)} holds input images (e.g. {printable(example)}): "
+                              "the annotated copies would replace them; choose another folder")

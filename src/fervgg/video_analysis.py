@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from fervgg import config, drawing, faces, imaging
-from fervgg.common import FervggError, atomic_write_bytes
+from fervgg.common import FervggError, atomic_write_bytes, same_path, unique_temporary, writable_folder
 from fervgg.records import RecordWriter, probability_columns
 
 MIN_HITS = 3  # detections in a row before a track is a person
@@ -36,6 +36,8 @@ MATCH_IOU = 0.3  # a detection continues a track when their boxes overlap more t
 THUMB_SIDE = 16  # face boxes are compared at this size between detections...
 CHANGE_THRESHOLD = 25.0  # ...and a mean absolute difference (0-255) above this calls for detection
 FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+MAX_CAMERA_INDEX = 9999  # OpenCV takes an int; larger "indexes" are typos
+TRUNCATED_SHARE = 0.95  # fewer frames than this share of the header's count: the file is cut short
 ROW_FIELDS = ["frame", "time_s", "track", "x", "y", "w", "h", "emotion", "confidence"]
 
 
@@ -68,7 +70,10 @@ def open_video(spec: str, max_pixels: int | None = None) -> VideoSource:
     max_pixels (default: imaging's limit) are refused."""
     cv2 = opencv()
     limit = max_pixels or imaging.max_pixels()
-    if spec.isdigit():
+    if spec.isascii() and spec.isdigit():
+        if int(spec) > MAX_CAMERA_INDEX:
+            raise FervggError(f"camera index {spec} is out of range (0 to {MAX_CAMERA_INDEX}); a video file "
+                              "needs a name that is not only digits, e.g. ./123")
         capture = cv2.VideoCapture(int(spec))
         if not capture.isOpened():
             raise FervggError(f"cannot open camera {spec} (no such camera, or another program uses it)")
@@ -99,14 +104,17 @@ def read_frames(source: VideoSource, every: int = 1, sample_fps: float | None = 
     """(index, time_s, frame or None, analyse?) for every frame, streamed.
 
     Frames that are not analysed are only decoded when `decode_all` (annotating). Time is
-    frame index / fps for files, wall time since the start for cameras.
+    the container's timestamp for files (right for variable frame rates; frame index / fps
+    where a container has none), wall time since the start for cameras.
     """
     start = time.perf_counter()
     next_sample = 0
     index = -1
+    last = -1.0
     while source.capture.grab():
         index += 1
-        t = time.perf_counter() - start if source.is_camera else index / source.fps
+        t = time.perf_counter() - start if source.is_camera else file_time(source, index, last)
+        last = t
         if sample_fps:
             analyse = t + 1e-9 >= next_sample / sample_fps
             if analyse:
@@ -119,6 +127,15 @@ def read_frames(source: VideoSource, every: int = 1, sample_fps: float | None = 
             if not ok:
                 break
         yield index, t, frame, analyse
+
+
+def file_time(source: VideoSource, index: int, last: float) -> float:
+    """Seconds into the file of the frame just grabbed: its presentation timestamp, unless
+    the backend gives none that makes sense (then index / fps)."""
+    msec = source.capture.get(opencv().CAP_PROP_POS_MSEC)
+    if math.isfinite(msec) and msec >= 0 and msec / 1000 > last and (msec > 0 or index == 0):
+        return msec / 1000
+    return index / source.fps
 
 
 # ------------------------------------------------------------------------------ tracking
@@ -175,6 +192,17 @@ class Tracker:
         kept += [Track(boxes[bi]) for bi in range(len(boxes)) if bi not in used_boxes]
         self.tracks = kept
 
+    def confirm_tentative(self) -> int:
+        """Give ids to the tentative tracks seen at every detection so far (for clips too short
+        to confirm anyone); returns how many."""
+        count = 0
+        for track in self.tracks:
+            if track.id is None and track.misses == 0:
+                self.confirmed_count += 1
+                track.id = self.confirmed_count
+                count += 1
+        return count
+
     def visible(self) -> list[Track]:
         """Tracks found by the latest detection (tentative ones included)."""
         return [t for t in self.tracks if t.misses == 0]
@@ -208,6 +236,7 @@ class Analyser:
         self.tracker = Tracker(max_misses=max(1, round(MAX_MISSED_SECONDS * settings.analysed_fps
                                                        / settings.detect_every)))
         self.since_detection = None
+        self.detections = 0
 
     def analyse(self, index: int, t: float, frame: np.ndarray) -> list[FaceRow]:
         cv2 = opencv()
@@ -217,6 +246,7 @@ class Analyser:
             boxes = faces.detect_faces(Image.fromarray(gray), self.settings.detector,
                                        max_side=self.settings.detect_side)
             self.tracker.update(boxes)
+            self.detections += 1
             self.since_detection = 0
             for track in self.tracker.visible():
                 track.thumb = face_thumb(gray, track.box)
@@ -378,13 +408,9 @@ class Annotator:
     at the end, so an interrupted run still leaves a complete, playable (shorter) video."""
 
     def __init__(self, path: Path, source: VideoSource):
-        suffix = path.suffix.lower()
-        if suffix not in FOURCC:
-            raise FervggError(f"`annotate` {path}: use one of {', '.join(FOURCC)} for a video")
-        if path.is_dir():
-            raise FervggError(f"`annotate` {path} is a folder; give a video file name such as out.mp4")
+        suffix = path.suffix.lower()  # one of FOURCC's (check_outputs)
         self.path = path
-        self.partial = path.with_name(f".{path.stem}.partial{suffix}")
+        self.partial = unique_temporary(path)  # two runs writing one file never share it
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -464,12 +490,36 @@ class FrameAnalysis:
             yield FrameStep(index, frame, released, [r for r in latest if r.track.id is not None], analyse)
 
     def flush(self) -> list[FaceRow]:
+        if 0 < self.analyser.detections < MIN_HITS:  # too short for any track to be confirmed
+            if self.analyser.tracker.confirm_tentative():
+                print(f"note: {self.source.name}: only {self.analyser.detections} frame(s) analysed (a still "
+                      "image?): the faces found are reported without tracking confirmation", file=sys.stderr)
         return self.confirmer.flush()
+
+
+def check_outputs(options: VideoOptions) -> None:
+    """Every output file, before any work: never the input video itself (resolved paths and
+    inodes), never a folder, and its folder writable. FervggError naming the setting."""
+    camera = options.source.isascii() and options.source.isdigit()
+    for setting, path in (("annotate", options.annotate), ("plot", options.plot)):
+        if path is None:
+            continue
+        if not camera and same_path(path, Path(options.source).expanduser()):
+            raise FervggError(f"`{setting}` {path} is the input video: it would be overwritten; choose another file")
+        if path.is_dir():
+            raise FervggError(f"`{setting}` {path} is a folder; give a file name such as "
+                              f"{'out.mp4' if setting == 'annotate' else 'emotions.png'}")
+        writable_folder(path.parent, f"the folder of `{setting}`")
+    if options.annotate is not None and options.annotate.suffix.lower() not in FOURCC:
+        raise FervggError(f"`annotate` {options.annotate}: use one of {', '.join(FOURCC)} for a video")
+    if options.annotate is not None and options.plot is not None and same_path(options.annotate, options.plot):
+        raise FervggError(f"`annotate` and `plot` name the same file {options.plot}")
 
 
 def analyse_video(options: VideoOptions, classifier, source: VideoSource | None = None) -> int:
     """The command line's video run: rows to stdout (CSV, JSON lines), summary, plot and
     annotated video; returns the exit code (130 after Ctrl+C, outputs complete)."""
+    check_outputs(options)
     class_names = classifier.class_names
     source = source or open_video(options.source)
     writer = RecordWriter(options.output, ROW_FIELDS + probability_columns(class_names, ROW_FIELDS)) \
@@ -538,6 +588,10 @@ def report(options, source, summary, rows, analysed, frames_read, elapsed, inter
         print(f"no face found in {source.name}", file=sys.stderr)
     if interrupted:
         print(f"interrupted at frame {frames_read}: the outputs hold everything up to there", file=sys.stderr)
+    elif source.frame_count and frames_read < TRUNCATED_SHARE * source.frame_count:
+        print(f"warning: {source.name}: read {frames_read} of the {source.frame_count} frames its header "
+              "claims: the file is probably truncated or damaged; the results cover what could be read",
+              file=sys.stderr)
     print(info, file=sys.stderr)
     for what, path in (("plot", options.plot), ("annotated video", options.annotate)):
         if path:
