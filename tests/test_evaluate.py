@@ -392,3 +392,18 @@ def test_a_crop_model_is_evaluated_with_ten_windows_at_its_crop_size(env, tmp_pa
 
     y = np.load(arrays / "y_test.npy")
     assert doc["tta"]["confusion_matrix"] == confusion_matrix(y, pred, labels=range(4)).tolist()
+
+
+def test_thousands_of_unknown_folders_are_counted_with_a_few_shown(tmp_path, capsys):
+    """Issue 21, point 19: one short warning line, not one 35 KB line."""
+    from fervgg.folders import ImageFolder
+
+    root = tmp_path / "images"
+    write_folder(root, per_class=1)
+    for i in range(3000):
+        (root / f"unknown_{i:04d}").mkdir()
+        (root / f"unknown_{i:04d}" / "x.png").write_bytes(b"")
+    ImageFolder(root, workers=1).for_model(CLASSES, 48)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "match no class" in line]
+    assert len(lines) == 1 and len(lines[0]) < 600, lines
+    assert "3000 folder(s)" in lines[0] and "unknown_0000/" in lines[0] and "2995 more" in lines[0], lines[0]

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fervgg.artifacts import Split
-from fervgg.common import FervggError
+from fervgg.common import FervggError, printable
 from fervgg.imaging import BadImage, list_files, load_gray
 
 PARALLEL_MIN_FILES = 256  # below this a process pool costs more than it saves
@@ -86,6 +86,9 @@ def decode_all(paths: list[Path], size: int, workers: int, desc: str, batch: int
 
 # ---------------------------------------------------------------- a folder to evaluate
 
+SHOWN_FOLDERS = 5  # unknown folders named in the warning; the count says how many in all
+
+
 class ImageFolder:
     """An image-folder dataset DIR/<class>/*, decoded on demand at the sizes models need.
 
@@ -141,8 +144,10 @@ class ImageFolder:
         use = ok & (labels >= 0)
         skipped = {f: len(self.folders[f]) for f in unknown}
         if skipped:
+            shown = ", ".join(f"{printable(f)}/ ({n} files)" for f, n in list(skipped.items())[:SHOWN_FOLDERS])
+            more = f" and {len(skipped) - SHOWN_FOLDERS} more" if len(skipped) > SHOWN_FOLDERS else ""
             print(f"warning: {len(skipped)} folder(s) in {self.root} match no class of the model "
-                  f"{class_names} and are skipped: " + ", ".join(f"{f}/ ({n} files)" for f, n in skipped.items()),
+                  f"{class_names} and are skipped: {shown}{more} (all in the evaluation's metrics.json)",
                   file=sys.stderr)
         if self.loose:
             print(f"warning: {len(self.loose)} file(s) directly in {self.root} (not in a class folder) "
