@@ -200,3 +200,17 @@ def test_a_tfsmlayer_model_is_refused_naming_what_it_contains(tmp_path):
     with pytest.raises(FervggError, match="TFSMLayer") as err:
         emotion_model.load_model(tmp_path / "tfsm.keras")
     assert "Lambda" not in str(err.value) and "safe_mode=False" not in str(err.value)
+
+
+@pytest.mark.parametrize("sidecar", [NESTED, '{"class_names": [true, "a", "b", "c", "d", "e", "f"], "image_size": 48}'])
+def test_export_refuses_a_hostile_sidecar_before_writing_anything(tiny_model, tmp_path, sidecar):
+    import shutil
+
+    from fervgg.export import ExportSettings, export
+
+    model = tmp_path / "m.keras"
+    shutil.copy(tiny_model.path, model)
+    model.with_suffix(".json").write_text(sidecar)
+    with pytest.raises(FervggError, match="sidecar.*is damaged"):
+        export(ExportSettings(model=model))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.keras"]

@@ -663,3 +663,21 @@ def test_a_full_logs_disk_after_training_names_the_path_and_says_the_model_is_sa
     err = capsys.readouterr().err
     assert result.curves is None and (tmp_path / "m" / config.BEST_MODEL).is_file()
     assert "No space left on device" in err and str(tmp_path / "l" / "full") in err and "saved" in err
+
+
+def test_a_folder_to_create_on_a_read_only_disk_is_called_read_only(tmp_path, monkeypatch):
+    """As root, os.access says yes on a read-only mount: the mount's flags are asked too."""
+    from fervgg.common import writable_folder
+
+    real = os.statvfs
+
+    class ReadOnly:
+        def __init__(self, stat):
+            self.stat = stat
+
+        def __getattr__(self, name):
+            return os.ST_RDONLY if name == "f_flag" else getattr(self.stat, name)
+
+    monkeypatch.setattr(os, "statvfs", lambda path: ReadOnly(real(path)))
+    with pytest.raises(FervggError, match="cannot write to `logs_dir` .*Read-only file system"):
+        writable_folder(tmp_path / "logs", "`logs_dir`")

@@ -137,7 +137,7 @@ def unique_temporary(path: Path) -> Path:
     """A temporary name beside `path`, with its suffix (some writers choose the format by
     it), that no other process or thread writing the same file at once will use."""
     path = Path(path)
-    return path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial{path.suffix}")
+    return path.with_name(f".{path.stem}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
 
 
 LOCK_FILE = ".lock"
@@ -190,6 +190,8 @@ def writable_folder(path: Path, setting: str) -> Path:
                 pass
         elif not os.access(existing, os.W_OK | os.X_OK):
             raise PermissionError(13, "Permission denied")
+        elif os.statvfs(existing).f_flag & os.ST_RDONLY:  # root may "access" a read-only disk
+            raise OSError(errno.EROFS, "Read-only file system")
     except OSError as exc:
         raise FervggError(f"cannot write to {setting} {path}: {exc.strerror or exc}") from None
     return existing

@@ -28,7 +28,7 @@ from fervgg import config
 from fervgg import emotion_model
 from fervgg.classifiers import KerasClassifier, Notes, print_note
 from fervgg.common import (FervggError, atomic_save_keras, atomic_write_json, first_line, loads_json, sha256_file,
-                           utc_now, writable_folder)
+                           unique_temporary, utc_now, writable_folder)
 
 
 @dataclass
@@ -76,6 +76,8 @@ def export(settings: ExportSettings, notes: Notes | None = None) -> ExportResult
     if not emotion_model.sidecar_path(model_path).is_file():
         notes(f"warning: {emotion_model.sidecar_path(model_path)} is missing: prediction will assume "
               "FER2013's 7 classes")
+    else:
+        emotion_model.model_info(model_path)  # a damaged sidecar is refused before any work
 
     start = time.perf_counter()
     original = KerasClassifier(model_path)
@@ -89,7 +91,7 @@ def export(settings: ExportSettings, notes: Notes | None = None) -> ExportResult
 
     # Convert into a staging file first: an export that fails the check must not replace
     # a good .tflite.
-    staging = out.with_name(f".{out.stem}.tmp{os.getpid()}{out.suffix}")
+    staging = unique_temporary(out)
     try:
         try:
             convert(original.model, staging, settings.float16)
