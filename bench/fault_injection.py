@@ -5,7 +5,10 @@ reached the user, and whether the data that was there before is intact (arrays a
 models compared byte for byte with a snapshot, resumed runs checked for whole epochs).
 Faults: Ctrl+C and SIGKILL at chosen points of preprocessing and training, full disks
 (small tmpfs mounts; those cases are skipped where mounting is not allowed, e.g. not
-root), and corrupt files of every kind the pipeline reads.
+root), corrupt files of every kind the pipeline reads, and (issue 21) outputs that alias
+their inputs, two runs at once on one folder or file, paths that escape their folder,
+nested or hostile JSON in every JSON file we read, and unwritable outputs (which must be
+refused before any work).
 
     python bench/fault_injection.py            # about 4 minutes on 2 cores; exit 1 on any failure
     python bench/fault_injection.py --keep     # keep the work folder to look at
@@ -134,11 +137,12 @@ def csv_epochs_unique(log: Path) -> bool:
 
 
 @contextlib.contextmanager
-def tmpfs(size: str):
-    """A fresh tmpfs of `size` (e.g. "2m"), or None where mounting is not allowed."""
+def tmpfs(size: str, options: str = ""):
+    """A fresh tmpfs of `size` (e.g. "2m"; `options` e.g. ",ro"), or None where mounting is
+    not allowed."""
     mount = Path(tempfile.mkdtemp(prefix="fault-tmpfs-"))
     try:
-        ok = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+        ok = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}{options}", "tmpfs",
                                                    str(mount)], capture_output=True).returncode == 0
     except OSError:
         ok = False
@@ -415,6 +419,243 @@ def model_cases(work: Path, trained: Path) -> list[Case]:
     return cases
 
 
+# ---------------------------------------------------------------- issue 21: aliasing, concurrency, escapes, JSON
+
+NESTED_JSON = "[" * 200_000 + "]" * 200_000
+ANALYSED = "frame(s) analysed"  # the video summary line: its absence means no work was done
+
+
+def write_clip(path: Path, frames: int = 12, size: tuple[int, int] = (160, 120)) -> Path:
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, size)
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+def video_frames(path: Path) -> int:
+    import cv2
+
+    capture, count = cv2.VideoCapture(str(path)), 0
+    while capture.isOpened() and capture.read()[0]:
+        count += 1
+    return count
+
+
+def aliasing_cases(work: Path, photos: Path, model: Path) -> list[Case]:
+    """An output that is, or would overwrite, an input: refused (exit 2) before any work."""
+    cases = []
+    photo_bytes = snapshot(photos)
+    (work / "photos-link").symlink_to(photos)
+    for name, target in (("the same folder", photos), ("a/../a", photos / ".." / photos.name),
+                         ("a symlink to it", work / "photos-link")):
+        c = Case(f"predict: --annotate into the input folder ({name})", {2})
+        code, text = run("predict_emotion.py", "--image_path", photos, "--no-detect", "--model", model,
+                         "--annotate", target)
+        cases.append(record(c, code, text, snapshot(photos) == photo_bytes))
+    clip = write_clip(work / "clip.avi")
+    clip_bytes = clip.read_bytes()
+    os.link(clip, work / "clip-hardlink.avi")
+    for flag, target, name in (("--annotate", clip, "the input video"), ("--plot", clip, "the input video"),
+                               ("--annotate", work / "clip-hardlink.avi", "a hard link to the input")):
+        c = Case(f"video: {flag} onto {name}", {2})
+        code, text = run("predict_emotion.py", "--video", clip, "--model", model, flag, target)
+        cases.append(record(c, code, text, clip.read_bytes() == clip_bytes and ANALYSED not in text))
+    return cases
+
+
+def concurrency_cases(work: Path, data: Path, trained: Path, model: Path) -> list[Case]:
+    """Two runs at once on one models folder (the second is refused, naming the first) or
+    annotating to one video file (each writes its own temporary file)."""
+    cases = []
+    models = work / "shared-models"
+    shutil.copytree(trained, models)
+    old_best = (models / config.BEST_MODEL).read_bytes()
+    a = ["--data-dir", data, "--models-dir", models, "--logs-dir", work / "shared-logs", *TINY_TRAINING, "--fresh"]
+    first = subprocess.Popen(command("model_training.py", *a, "--run-name", "first"), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env=env())
+    lines = []
+    for line in first.stdout:  # the first run holds the lock once it is training
+        lines.append(line)
+        if "Epoch 1/" in line:
+            break
+    c = Case("train: a second run on a models folder in use", {2})
+    code, text = run("model_training.py", *a, "--run-name", "second")
+    rest, _ = first.communicate(timeout=300)
+    first_text = "".join(lines) + rest
+    sidecar = json.loads((models / "best_model.json").read_text()) if (models / "best_model.json").is_file() else {}
+    kept = (models / config.PREVIOUS_MODELS_DIR / config.BEST_MODEL)
+    intact = (first.returncode == 0 and "in use by training run first" in text and sidecar.get("run_name") == "first"
+              and kept.is_file() and kept.read_bytes() == old_best)
+    cases.append(record(c, code, text, intact, "" if first.returncode == 0 else first_text.strip()[-90:]))
+
+    clip = write_clip(work / "long.avi", frames=60)
+    out = work / "concurrent" / "annotated.avi"
+    c = Case("video: two runs annotating one file at once", {0})
+    procs = [subprocess.Popen(command("predict_emotion.py", "--video", clip, "--model", model, "--annotate", out),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
+             for _ in range(2)]
+    texts = [p.communicate(timeout=300)[0] for p in procs]
+    codes = [p.returncode for p in procs]
+    leftovers = [p.name for p in out.parent.iterdir() if p != out]
+    cases.append(record(c, max(codes, key=abs), "".join(texts),
+                        out.is_file() and video_frames(out) == 60 and not leftovers,
+                        f"exits {codes}" + (f", left: {leftovers}" if leftovers else "")))
+    return cases
+
+
+def escape_cases(work: Path, data: Path) -> list[Case]:
+    """Names that would take an output outside its folder."""
+    cases = []
+    logs = work / "escape" / "logs"
+    for name in ("../../escaped", str(work / "escape-absolute"), "a/b", ".."):
+        c = Case(f"train: --run-name {name if not name.startswith('/') else '/absolute/path'}", {2})
+        code, text = run("model_training.py", "--data-dir", data, "--models-dir", work / "escape" / "models",
+                         "--logs-dir", logs, *TINY_TRAINING[:-2], "--run-name", name)
+        outside = [p for p in work.rglob("*escape*") if p.parent == work and p.name != "escape"]
+        cases.append(record(c, code, text, not outside and not (work / "escape" / "models").exists()))
+    return cases
+
+
+def json_cases(work: Path, data: Path, trained: Path, photos: Path) -> list[Case]:
+    """Nested (200,000 levels) or hostile JSON in every JSON file we read: one line, exit 2."""
+    cases = []
+
+    def copy_models(name: str, sidecar: str) -> Path:
+        folder = work / f"json-{name}"
+        shutil.copytree(trained, folder)
+        (folder / "best_model.json").write_text(sidecar)
+        return folder / config.BEST_MODEL
+
+    for name, sidecar in (("nested", NESTED_JSON), ("class_names not strings", json.dumps(
+            {"class_names": [True, 1, None, "a", "b", "c", "d"], "image_size": 48})),
+            ("class_names repeated", json.dumps({"class_names": ["a"] * 7, "image_size": 48}))):
+        model = copy_models(name.replace(" ", "-"), sidecar)
+        before = snapshot(model.parent)
+        for script, args in (("predict_emotion.py", ["--image_path", photos, "--no-detect", "--model", model]),
+                             ("evaluate_model.py", ["--model", model, "--data-dir", data,
+                                                    "--logs-dir", work / "json-eval-logs",
+                                                    "--out-dir", work / "json-eval"]),
+                             ("export_model.py", ["--model", model])):
+            c = Case(f"{script.split('_')[0]}: sidecar .json {name}", {2})
+            code, text = run(script, *args)
+            cases.append(record(c, code, text, snapshot(model.parent) == before))
+
+    bad = work / "json-meta"
+    shutil.copytree(data, bad)
+    (bad / config.META_FILE).write_text(NESTED_JSON)
+    for script, args in (("model_training.py", ["--data-dir", bad, "--models-dir", work / "json-m",
+                                                "--logs-dir", work / "json-l", *TINY_TRAINING]),
+                         ("evaluate_model.py", ["--model", trained / config.BEST_MODEL, "--data-dir", bad,
+                                                "--logs-dir", work / "json-eval-logs"])):
+        c = Case(f"{script.split('_')[0].replace('model', 'train')}: meta.json nested", {2})
+        code, text = run(script, *args)
+        cases.append(record(c, code, text, not (work / "json-m").exists()))
+
+    models = work / "json-resume" / "models"
+    shutil.copytree(trained, models)
+    (models / config.RESUME_DIR_NAME).mkdir()
+    (models / config.RESUME_DIR_NAME / "state.json").write_text(NESTED_JSON)
+    before = snapshot(models)
+    c = Case("train: resume state.json nested", {2})
+    code, text = run("model_training.py", "--data-dir", data, "--models-dir", models,
+                     "--logs-dir", work / "json-resume" / "logs", *TINY_TRAINING)
+    cases.append(record(c, code, text, snapshot(models) == before
+                        and (models / config.RESUME_DIR_NAME / "state.json").read_text() == NESTED_JSON))
+    return cases
+
+
+def unwritable_cases(work: Path, data: Path, model: Path) -> list[Case]:
+    """Outputs that cannot be written: refused in one line before any work."""
+    cases = []
+    clip = write_clip(work / "plot-clip.avi")
+    (work / "plain-file").write_text("x")
+    for name, plot in (("naming a folder", work), ("under a file", work / "plain-file" / "p.png")):
+        c = Case(f"video: --plot {name}", {2})
+        code, text = run("predict_emotion.py", "--video", clip, "--model", model, "--plot", plot)
+        cases.append(record(c, code, text, ANALYSED not in text))
+    c = Case("train: --models-dir under a file", {2})
+    code, text = run("model_training.py", "--data-dir", data, "--models-dir", work / "plain-file" / "m",
+                     "--logs-dir", work / "uw-logs", *TINY_TRAINING)
+    cases.append(record(c, code, text, "Epoch" not in text))
+    with tmpfs("1m", ",ro") as mount:
+        for name in ("video: --plot on a read-only disk", "video: --annotate on a read-only disk",
+                     "train: --logs-dir on a read-only disk", "train: --models-dir on a read-only disk"):
+            c = Case(name, {2})
+            if mount is None:
+                c.skipped = "no tmpfs (needs root)"
+                cases.append(c)
+                continue
+            if name.startswith("video"):
+                flag = name.split()[1]
+                code, text = run("predict_emotion.py", "--video", clip, "--model", model, flag,
+                                 mount / ("p.png" if flag == "--plot" else "a.avi"))
+                cases.append(record(c, code, text, ANALYSED not in text))
+            else:
+                ro = "logs" if "logs" in name else "models"
+                dirs = {"models": work / "uw-models", "logs": work / "uw-logs"}
+                dirs[ro] = mount / ro
+                code, text = run("model_training.py", "--data-dir", data, "--models-dir", dirs["models"],
+                                 "--logs-dir", dirs["logs"], *TINY_TRAINING, "--fresh")
+                cases.append(record(c, code, text, "Epoch" not in text and "free some space" not in text))
+    return cases
+
+
+def odd_input_cases(work: Path, model: Path, photos: Path) -> list[Case]:
+    """Camera indexes, truncated videos, still images dressed as videos, mismatched weights."""
+    cases = []
+    c = Case("video: --video 99999999999999999999", {2})
+    code, text = run("predict_emotion.py", "--video", "99999999999999999999", "--model", model)
+    cases.append(record(c, code, text))
+
+    clip = write_clip(work / "whole.avi", frames=40)
+    cut = work / "cut.avi"
+    cut.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
+    c = Case("video: truncated file (half its frames)", {0})
+    code, text = run("predict_emotion.py", "--video", cut, "--model", model)
+    cases.append(record(c, code, text, "truncated" in text))
+
+    still = work / "still.mp4"
+    shutil.copy(next(photos.iterdir()), still)
+    c = Case("video: a still image renamed .mp4", {0, 2})
+    code, text = run("predict_emotion.py", "--video", still, "--model", model)
+    cases.append(record(c, code, text))
+
+    mixed = work / "mixed-weights.keras"
+    subprocess.run([sys.executable, "-c", MIXED_WEIGHTS, str(mixed)], check=True, env=env(), capture_output=True)
+    c = Case("predict: .keras whose weights do not fit", {2})
+    code, text = run("predict_emotion.py", "--image_path", photos, "--no-detect", "--model", mixed,
+                     "--backend", "keras")
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    cases.append(record(c, code, text, len(errors) == 1 and "shape" in errors[0] and "Warning" not in text))
+    return cases
+
+
+MIXED_WEIGHTS = """
+import sys, zipfile, keras
+def small(n, path):
+    inputs = keras.Input((48, 48, 1))
+    x = keras.layers.Flatten()(inputs)
+    keras.Model(inputs, keras.layers.Dense(n, activation="softmax", name="d")(x)).save(path)
+small(7, sys.argv[1]); small(5, sys.argv[1] + ".other.keras")
+members = {n: zipfile.ZipFile(sys.argv[1]).read(n) for n in zipfile.ZipFile(sys.argv[1]).namelist()}
+members["model.weights.h5"] = zipfile.ZipFile(sys.argv[1] + ".other.keras").read("model.weights.h5")
+with zipfile.ZipFile(sys.argv[1], "w") as z:
+    for n, b in members.items():
+        z.writestr(n, b)
+"""
+
+
+def issue21_cases(work: Path, trained: Path) -> list[Case]:
+    data, model, photos = work / "pre", trained / config.BEST_MODEL, work / "photos"
+    return (aliasing_cases(work, photos, model) + concurrency_cases(work, data, trained, model)
+            + escape_cases(work, data) + json_cases(work, data, trained, photos)
+            + unwritable_cases(work, data, model) + odd_input_cases(work, model, photos))
+
+
 LAMBDA_MODEL = """
 import sys, keras
 inputs = keras.Input((48, 48, 1))
@@ -451,7 +692,7 @@ def main() -> int:
     try:
         cases = preprocessing_cases(work)
         more, trained = training_cases(work)
-        cases += more + model_cases(work, trained)
+        cases += more + model_cases(work, trained) + issue21_cases(work, trained)
     finally:
         if args.keep:
             print(f"work folder: {work}")
