@@ -53,6 +53,7 @@ if not OBAMA.is_file() or not CLIP.is_file():
 
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -138,6 +139,12 @@ def labels(driver, where: str) -> list[str]:
     return [e.text for e in driver.find_elements(By.CSS_SELECTOR, f"{where} .face-label")]
 
 
+def live(driver, read):
+    """read(driver), retried while the page redraws the elements it reads (webcam mode
+    replaces the labels and the chart several times a second)."""
+    return WebDriverWait(driver, WAIT_S, ignored_exceptions=(StaleElementReferenceException,)).until(read)
+
+
 def test_page_uploads_a_photo_and_draws_its_labels(server, browser, tmp_path):
     browser.get(server + "/")
     WebDriverWait(browser, WAIT_S).until(lambda d: "model fer2013_vgg16" in d.find_element(By.ID, "model-line").text)
@@ -159,15 +166,14 @@ def test_page_webcam_draws_live_labels_and_a_chart(server, browser, tmp_path):
     browser.get(server + "/")
     WebDriverWait(browser, WAIT_S).until(lambda d: "model fer2013_vgg16" in d.find_element(By.ID, "model-line").text)
     browser.find_element(By.ID, "cam-start").click()
-    WebDriverWait(browser, WAIT_S).until(lambda d: labels(d, "#cam-boxes"))
-    first = labels(browser, "#cam-boxes")
+    first = live(browser, lambda d: labels(d, "#cam-boxes"))
     assert LABEL.match(first[0]) and first[0].startswith("face 1: "), first
     # live: more frames come back and the chart of the face fills
-    WebDriverWait(browser, WAIT_S).until(lambda d: "frames/s" in d.find_element(By.ID, "cam-status").text)
-    chart = browser.find_element(By.CSS_SELECTOR, "#charts .chart h4").text
+    live(browser, lambda d: "frames/s" in d.find_element(By.ID, "cam-status").text)
+    chart = live(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#charts .chart h4").text)
     assert re.match(r"face 1: \w+ \d+% \(last \d+ s\)", chart), chart
     time.sleep(3)  # a few seconds of chart for the screenshot
-    assert labels(browser, "#cam-boxes")
+    assert live(browser, lambda d: labels(d, "#cam-boxes"))
     shot = screenshot(browser, tmp_path, "service_webcam")
     browser.find_element(By.ID, "cam-stop").click()
     assert browser.find_element(By.ID, "cam-status").text == "stopped"
