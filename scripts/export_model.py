@@ -16,7 +16,13 @@ float32 original).
     python scripts/export_model.py                       # the default model
     python scripts/export_model.py --model models/fine_tuned_model.keras
     python scripts/export_model.py --model runs/best_model.keras --float16 \
-        --out-dir models/pretrained --name fer2013_vgg16
+        --out-dir models/pretrained --name fer2013_vgg16 --int8-data preprocessed_data
+
+--int8-data also writes NAME.int8.tflite: int8 weights and activations (full-integer
+post-training quantisation, calibrated on --int8-samples training images of that folder),
+kept only when its accuracy on the folder's test split (else val) is within --int8-max-loss
+of the float .tflite, on one view and with ten-crop TTA; else dynamic-range quantisation
+(int8 weights only) is tried the same way. Prediction prefers the int8 file (--backend auto).
 """
 
 from __future__ import annotations
@@ -48,6 +54,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     pub.add_argument("--float16", action="store_true",
                      help="store the weights as float16: files half the size; the allowed difference is then "
                      f"--tolerance or {config.EXPORT_TOLERANCE_FLOAT16:g}, whichever is larger")
+    q = p.add_argument_group("int8 model")
+    q.add_argument("--int8-data", type=Path, default=None,
+                   help="a preprocessed data folder: also write NAME.int8.tflite, calibrated on its train split and "
+                   "kept only if accurate enough on its test split (see above)")
+    q.add_argument("--int8-samples", type=number(int, 1, 100_000), default=config.INT8_SAMPLES,
+                   help="training images that calibrate the int8 model")
+    q.add_argument("--int8-max-loss", type=number(float, 0, 1), default=config.INT8_MAX_LOSS,
+                   help="accuracy (a fraction) the int8 model may lose against the float one, one view and ten-crop")
     args = p.parse_args(argv)
     try:
         ExportSettings(**vars(args))
@@ -58,7 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     result = export(ExportSettings(**vars(parse_args(argv))))
-    print(f"predict with: python scripts/predict_emotion.py --model {result.keras} --image_path PHOTO")
+    print(f"predict with: python scripts/predict_emotion.py --model {result.keras} --image_path PHOTO"
+          + (f"  (runs {result.int8.name})" if result.int8 else ""))
     return 0
 
 

@@ -11,10 +11,10 @@ Haar cascades, mtcnn for TensorFlow's MTCNN), cropped square with a margin and c
 in a few large batches. A photo without a detectable face is classified as a whole and
 marked "face_found": false.
 
-Backend: with --backend auto (the default) the exported LiteRT model <model>.tflite is
-used when it exists and is not older than the .keras model (create it with
-scripts/export_model.py); it starts in well under a second because TensorFlow is never
-imported. Otherwise the .keras model is loaded with Keras.
+Backend: with --backend auto (the default) an exported LiteRT model is used when it exists
+and is not older than the .keras model: <model>.int8.tflite (quantised), else <model>.tflite
+(create them with scripts/export_model.py). It starts in well under a second because
+TensorFlow is never imported. Otherwise the .keras model is loaded with Keras.
 
 Output, one record per face: the emotion, its probability, the top 3, and the face box
 (x, y, w, h in pixels of the upright image). Text by default; --json, --jsonl or --csv
@@ -44,7 +44,7 @@ from pathlib import Path
 
 from cli import HelpFormatter, as_flags, number, run_cli
 from fervgg import config, drawing, records
-from fervgg.classifiers import BACKENDS
+from fervgg.classifiers import BACKEND_HELP, BACKENDS
 from fervgg.common import FervggError, atomic_write_bytes, printable, writable_folder
 from fervgg.faces import DETECTORS
 from fervgg.inputs import check_output_folder, resolve_inputs
@@ -66,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--models-dir", type=Path, default=config.MODELS_DIR,
                    help="where the default model is looked for")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="auto: <model>.tflite via LiteRT if present and up to date, else Keras")
+                   help=BACKEND_HELP)
     p.add_argument("--detector", choices=DETECTORS, default=config.DETECTOR,
                    help="face detector: retinaface (RetinaFace on LiteRT), opencv (Haar cascades) or "
                         "mtcnn (TensorFlow)")

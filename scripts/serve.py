@@ -24,7 +24,7 @@ from pathlib import Path
 
 from cli import HelpFormatter, as_flags, number, parse_settings, run_cli
 from fervgg import config
-from fervgg.classifiers import BACKENDS
+from fervgg.classifiers import BACKEND_HELP, BACKENDS
 from fervgg.common import FervggError
 from fervgg.faces import DETECTORS
 
@@ -47,7 +47,7 @@ def parse_args(argv=None) -> tuple[ServiceSettings, bool]:
                         "--models-dir, else the shipped model)")
     p.add_argument("--models-dir", type=Path, default=config.MODELS_DIR, help="where the default model is looked for")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="auto: <model>.tflite via LiteRT if present and up to date, else Keras")
+                   help=BACKEND_HELP)
     p.add_argument("--detector", choices=DETECTORS, default=config.DETECTOR, help="face detector")
     p.add_argument("--workers", type=number(int, **R["workers"]), default=None,
                    help="requests recognised at once (default: the number of cores)")

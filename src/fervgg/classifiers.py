@@ -24,7 +24,11 @@ from fervgg import config
 from fervgg import emotion_model  # TF-free at import time: TensorFlow is only imported to load a .keras
 from fervgg.common import FervggError, check_gray_input, loads_json, model_not_found, sha256_file
 
-BACKENDS = ("auto", "litert", "keras")
+# auto: the int8 export if current, else the float .tflite if current, else Keras; int8 and
+# litert: that export (refused if missing); keras: the .keras model itself.
+BACKENDS = ("auto", "int8", "litert", "keras")
+BACKEND_HELP = ("auto: <model>.int8.tflite, else <model>.tflite, via LiteRT if present and up to date, else Keras; "
+                "int8 / litert: that LiteRT file; keras: the .keras model")
 EXPORT_HINT = "export it with scripts/export_model.py"
 Notes = Callable[[str], None]
 
@@ -113,7 +117,8 @@ class ModelChoice(NamedTuple):
 def find_model(model: Path | None = None, *, models_dir: Path = config.MODELS_DIR, backend: str = "auto",
                notes: Notes | None = None) -> ModelChoice:
     """The file and backend to run. `model`: a .keras or .tflite file; None: the default model
-    in models_dir, else the shipped one. "auto" prefers a .tflite export that is current."""
+    in models_dir, else the shipped one. "auto" prefers a current export: the .int8.tflite,
+    then the float .tflite (see BACKENDS)."""
     notes = notes or print_note
     if backend not in BACKENDS:
         raise FervggError(f"`backend` {backend!r} is not one of {', '.join(BACKENDS)}")
@@ -127,40 +132,56 @@ def find_model(model: Path | None = None, *, models_dir: Path = config.MODELS_DI
     if path.suffix == config.TFLITE_SUFFIX:
         if backend == "keras":
             raise FervggError(f"`backend` keras needs a .keras model, not {path}")
-        return ModelChoice("litert", path, path.with_suffix(".keras"))
-    lite = path.with_suffix(config.TFLITE_SUFFIX)
+        return ModelChoice("litert", path, keras_for(path))
     if backend == "keras":
         return ModelChoice("keras", path, path)
-    if backend == "litert":
+    exports = {"int8": int8_path(path), "litert": path.with_suffix(config.TFLITE_SUFFIX)}
+    if backend in exports:
+        lite = exports[backend]
         if not lite.is_file():
-            raise FervggError(f"no LiteRT model {lite}: {EXPORT_HINT} from {path}")
+            how = f"{EXPORT_HINT} --int8-data DATA_DIR" if backend == "int8" else EXPORT_HINT
+            raise FervggError(f"no LiteRT model {lite}: {how} from {path}")
         if not export_is_current(path, lite):
             notes(f"warning: {lite} is older than {path}: re-{EXPORT_HINT}")
         return ModelChoice("litert", lite, path)
-    if lite.is_file() and export_is_current(path, lite):
-        return ModelChoice("litert", lite, path)
+    for lite in exports.values():
+        if lite.is_file() and export_is_current(path, lite):
+            return ModelChoice("litert", lite, path)
     if not path.is_file():
         raise model_not_found(path)
-    if lite.is_file():
-        notes(f"note: {lite} is older than {path}, using Keras (slower start); re-{EXPORT_HINT} to refresh it")
+    stale = [lite for lite in exports.values() if lite.is_file()]
+    if stale:
+        notes(f"note: {stale[0]} is older than {path}, using Keras (slower start); re-{EXPORT_HINT} to refresh it")
     return ModelChoice("keras", path, path)
 
 
+def int8_path(model: Path) -> Path:
+    """NAME.keras -> NAME.int8.tflite, its quantised export (fervgg.quantize)."""
+    return Path(model).with_suffix(config.INT8_SUFFIX)
+
+
+def keras_for(lite: Path) -> Path:
+    """The .keras a .tflite or .int8.tflite was exported from (its sidecar describes both)."""
+    name = lite.name.removesuffix(config.INT8_SUFFIX) if lite.name.endswith(config.INT8_SUFFIX) else lite.stem
+    return lite.with_name(name + ".keras")
+
+
 def export_is_current(model: Path, lite: Path) -> bool:
-    """Whether the .tflite was exported from this .keras: by file times, or, where those say
-    otherwise (a git checkout writes files in any order), by the checksum export recorded
-    in the sidecar."""
+    """Whether the .tflite (float or int8) was exported from this .keras: by file times, or,
+    where those say otherwise (a git checkout writes files in any order), by the checksum
+    export recorded in the sidecar."""
     if not model.is_file() or lite.stat().st_mtime >= model.stat().st_mtime:
         return True
+    key = "litert_int8_export" if lite.name.endswith(config.INT8_SUFFIX) else "litert_export"
     try:
-        record = loads_json(emotion_model.sidecar_path(model).read_text(encoding="utf-8"))["litert_export"]
+        record = loads_json(emotion_model.sidecar_path(model).read_text(encoding="utf-8"))[key]
         return record["file"] == lite.name and record["keras_sha256"] == sha256_file(model)
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
 
 def _model_or_export(model: Path) -> bool:
-    return model.is_file() or model.with_suffix(config.TFLITE_SUFFIX).is_file()
+    return model.is_file() or model.with_suffix(config.TFLITE_SUFFIX).is_file() or int8_path(model).is_file()
 
 
 # ---------------------------------------------------------------- opening

@@ -11,6 +11,9 @@ model's JSON sidecar, which prediction also reads the class names from.
 To publish a model (as models/pretrained/ is made): `out_dir` and `name` write a copy of the
 .keras, its sidecar and the .tflite there; `float16` stores the weights of both at half
 size (computation stays float32; both are checked against the float32 original).
+
+`int8_data` (a preprocessed data folder) also writes NAME.int8.tflite, quantised and judged
+on that data's accuracy by fervgg.quantize; prediction then prefers it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 
 from fervgg import config
 from fervgg import emotion_model
+from fervgg.artifacts import read_meta
 from fervgg.classifiers import KerasClassifier, Notes, print_note
 from fervgg.common import (FervggError, atomic_save_keras, atomic_write_json, first_line, loads_json, sha256_file,
                            unique_temporary, utc_now, writable_folder)
@@ -41,6 +45,9 @@ class ExportSettings:
     out_dir: Path | None = None  # publish NAME.keras, NAME.json and NAME.tflite here
     name: str | None = None  # the copy's file name without suffix (default: the model's own)
     float16: bool = False  # store the weights as float16 (tolerance at least EXPORT_TOLERANCE_FLOAT16)
+    int8_data: Path | None = None  # a preprocessed data folder: also write the int8 model (fervgg.quantize)
+    int8_samples: int = config.INT8_SAMPLES  # training images that calibrate it
+    int8_max_loss: float = config.INT8_MAX_LOSS  # accuracy it may lose, one view and ten-crop
 
     def __post_init__(self):
         if self.name is not None and (self.out_dir is None or not self.name or "/" in self.name
@@ -50,6 +57,10 @@ class ExportSettings:
             raise FervggError("`check_samples` must be at least 1")
         if not 0 <= self.tolerance <= 1:
             raise FervggError("`tolerance` must be between 0 and 1")
+        if self.int8_samples < 1:
+            raise FervggError("`int8_samples` must be at least 1")
+        if not 0 <= self.int8_max_loss <= 1:
+            raise FervggError("`int8_max_loss` must be between 0 and 1")
 
 
 @dataclass
@@ -57,6 +68,7 @@ class ExportResult:
     keras: Path  # the model the .tflite belongs to (the published copy with `out_dir`)
     tflite: Path
     max_difference: float  # largest |keras - litert| probability on the check inputs
+    int8: Path | None = None  # the quantised model, when asked for and accurate enough
 
 
 def tflite_path(model_path: Path) -> Path:
@@ -73,6 +85,8 @@ def export(settings: ExportSettings, notes: Notes | None = None) -> ExportResult
     emotion_model.check_model_file(model_path)  # before importing Keras (seconds) just to say so
     if settings.out_dir is not None:
         writable_folder(settings.out_dir, "`out_dir`")
+    if settings.int8_data is not None:
+        read_meta(settings.int8_data)  # a missing or damaged data folder is refused before any work
     if not emotion_model.sidecar_path(model_path).is_file():
         notes(f"warning: {emotion_model.sidecar_path(model_path)} is missing: prediction will assume "
               "FER2013's 7 classes")
@@ -109,7 +123,13 @@ def export(settings: ExportSettings, notes: Notes | None = None) -> ExportResult
     weights = "float16" if settings.float16 else "float32"
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {weights} weights) in "
           f"{time.perf_counter() - start:.1f} s")
-    return ExportResult(keras_out, out, diff)
+    int8 = None
+    if settings.int8_data is not None:
+        from fervgg.quantize import quantize
+
+        int8 = quantize(original.model, keras_out, out, settings.int8_data, settings.int8_samples,
+                        settings.int8_max_loss, settings.seed, notes).path
+    return ExportResult(keras_out, out, diff, int8)
 
 
 def convert(model, path: Path, float16: bool) -> None:

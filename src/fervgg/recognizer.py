@@ -72,7 +72,8 @@ class EmotionRecognizer:
 
     model: a .keras or .tflite file of ours (default: the shipped FER2013 model; or, with
     models_dir, the model trained there, as the scripts choose it).
-    backend: "auto" (LiteRT when a current .tflite exists: fast, no TensorFlow), "litert", "keras".
+    backend: "auto" (LiteRT when a current export exists, the .int8.tflite first: fast, no
+    TensorFlow), "int8", "litert" (the float .tflite), "keras".
     detector: a face detector of fervgg.faces.DETECTORS, or None: every image is one face
     (FER-style crops). tta: average ten crops per face.
     max_megapixels: images larger than this once decoded are refused (decompression bombs).
