@@ -139,7 +139,7 @@ def find_model(model: Path | None = None, *, models_dir: Path = config.MODELS_DI
     if backend in exports:
         lite = exports[backend]
         if not lite.is_file():
-            how = f"{EXPORT_HINT} --int8-data DATA_DIR" if backend == "int8" else EXPORT_HINT
+            how = f"{EXPORT_HINT} and `int8_data` DATA_DIR" if backend == "int8" else EXPORT_HINT
             raise FervggError(f"no LiteRT model {lite}: {how} from {path}")
         if not export_is_current(path, lite):
             notes(f"warning: {lite} is older than {path}: re-{EXPORT_HINT}")
