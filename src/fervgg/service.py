@@ -53,7 +53,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 ACCEPTED_TYPES = ("image/", "application/octet-stream")
 # What /v1/model shows of a model's sidecar: where the model comes from and how good it is.
 MODEL_FACTS = ("created", "run_name", "phase", "best_val_accuracy", "best_epoch", "training_seconds", "hardware",
-               "versions", "weights", "provenance")
+               "versions", "weights", "provenance", "litert_int8_export")
 # The page may load and run only what the service itself serves.
 CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob: mediastream:; "
                            "style-src 'self'; script-src 'self'; connect-src 'self'; object-src 'none'; "
