@@ -1,7 +1,8 @@
 """The service's speed: requests/s and p50/p95 latency for one-face photos at 1, 4 and 16
 concurrent clients (loopback only), side by side with the same photos through
 EmotionRecognizer.predict in this process (as many threads as clients), and the
-service's overhead as ratios.
+service's overhead as ratios. Also the time of one photo on one thread: the CPU a photo
+costs, which sets the most photos/s all cores can give, and so the least latency at N clients.
 
 The service is scripts/serve.py in its own process with its defaults (shipped model,
 one worker per core); each client is a thread here with its own keep-alive connection,
@@ -104,6 +105,13 @@ def main() -> int:
     print(f"in-process EmotionRecognizer.predict, one photo at a time: {per_photo_ms:.0f} ms per photo "
           f"(mean over {len(photos)} photos of the median of 5)", flush=True)
 
+    one_core_ms = 1000 * one_thread_cost(photos)
+    cores = os.cpu_count() or 1
+    print(f"the same on one thread (detector and classifier): {one_core_ms:.0f} ms per photo, so {cores} cores "
+          f"finish at most {1000 * cores / one_core_ms:.1f} photos/s, and 4 photos in flight wait at least "
+          f"{4 * one_core_ms / cores:.0f} ms on average ({4 * one_core_ms / cores / per_photo_ms:.2f}x one photo "
+          "alone)", flush=True)
+
     def in_process(i: int, local) -> bool:
         return len(rec.predict(photos[i % len(photos)][1])) == 1
 
@@ -153,6 +161,23 @@ def main() -> int:
         args.json.write_text(json.dumps({"cpu": cpu_description(), "per_photo_ms": per_photo_ms, "levels": rows},
                                         indent=1))
     return 0
+
+
+def one_thread_cost(photos: list[tuple[str, bytes]]) -> float:
+    """Seconds per photo of EmotionRecognizer.predict with one LiteRT thread for the detector
+    and the classifier: the CPU time a photo costs, which bounds the throughput of all cores."""
+    from fervgg import EmotionRecognizer, retinaface
+
+    alone = retinaface.RetinaFace(threads=1)
+    shared = retinaface.detector
+    retinaface.detector = lambda: alone  # fervgg.faces asks the module for its detector at each photo
+    try:
+        rec = EmotionRecognizer(threads=1)
+        for _, data in photos:
+            rec.predict(data)
+        return statistics.mean(statistics.median(_timed(rec.predict, data) for _ in range(5)) for _, data in photos)
+    finally:
+        retinaface.detector = shared
 
 
 def _timed(function, *args) -> float:

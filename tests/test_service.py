@@ -381,3 +381,20 @@ def test_serve_script_errors_are_one_line(tmp_path):
     missing = subprocess.run([sys.executable, str(ROOT / "scripts" / "serve.py"), "--port", "0",
                               "--model", str(tmp_path / "none.keras")], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "none.keras" in missing.stderr
+
+
+def test_the_listening_socket_sends_small_writes_at_once():
+    """TCP_NODELAY on the service's connections (asyncio sets it only for sockets made with
+    IPPROTO_TCP): without it every response waited 40 ms on loopback (a delayed ACK against
+    Nagle, between uvicorn's header and body writes; BENCHMARKS.md, "The service")."""
+    import socket
+
+    from fervgg.service import ServiceSettings, listen
+
+    with listen(ServiceSettings(port=0)) as sock:
+        assert sock.proto == socket.IPPROTO_TCP
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        with socket.create_connection(sock.getsockname()[:2]):
+            accepted, _ = sock.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
