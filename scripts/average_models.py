@@ -5,10 +5,11 @@ better than any one epoch (stochastic weight averaging, at no training cost). Ba
 statistics are averaged too, or, with --bn-data, measured again by the averaged network on
 training images (usually better: judge both on validation data).
 
-    python scripts/average_models.py --models run/epochs/phase1-epoch3[1-9].keras \\
-        run/epochs/phase1-epoch40.keras --sidecar run/models/best_model.keras \\
-        --bn-data preprocessed_data --out run/models/averaged.keras
-    python scripts/evaluate_model.py --model run/models/averaged.keras --split val
+    python scripts/model_training.py ... --keep-epochs     # keeps models/epochs/<run name>/*.keras
+    python scripts/average_models.py --models models/epochs/RUN/phase1-epoch3[1-9].keras \\
+        models/epochs/RUN/phase1-epoch40.keras --sidecar models/best_model.keras \\
+        --bn-data preprocessed_data --out models/averaged.keras
+    python scripts/evaluate_model.py --model models/averaged.keras --split val
 
 The models must have one architecture; the sidecar (class names, training record) is
 copied from --sidecar (default: the last model's) with the averaged files recorded.

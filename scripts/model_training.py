@@ -90,6 +90,10 @@ def parse_args(argv=None) -> TrainSettings:
                    help="cap batches per epoch (quick smoke runs)")
     t.add_argument("--seed", type=number(int, **R["seed"]), default=config.SEED)
     t.add_argument("--fresh", action="store_true", help="ignore saved resume state and start over")
+    t.add_argument("--keep-epochs", action="store_true",
+                   help="keep every epoch's checkpoint (with optimizer state: ~120 MB each for VGG16) in "
+                   f"<models-dir>/{config.KEPT_EPOCHS_DIR_NAME}/<run name>/, to average the last ones "
+                   "with scripts/average_models.py")
     a = p.add_argument_group("augmentation (training batches only)")
     a.add_argument("--no-augment", dest="augment", action="store_false", help="turn all augmentation off")
     a.add_argument("--no-flip", dest="aug_flip", action="store_false", help="no horizontal flips")

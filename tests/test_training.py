@@ -242,6 +242,25 @@ def test_resume_after_interrupt_and_kill_continues_at_the_right_epoch(arrays, tm
     assert (tmp_path / "models" / config.BEST_MODEL).is_file()
 
 
+def test_keep_epochs_keeps_every_checkpoint_for_averaging(arrays, tmp_path):
+    """--keep-epochs: each epoch's checkpoint stays in models/epochs/<run name>/ after the run
+    (the resume folder is gone), and average_models.py makes one model of the last two."""
+    from fervgg.averaging import AverageSettings, average
+    from fervgg.emotion_model import load_model
+
+    assert run_training(arrays, tmp_path, "--weights", "none", "--epochs", "3", "--steps-per-epoch", "2",
+                        "--keep-epochs", "--fresh") == 0
+    kept = tmp_path / "models" / config.KEPT_EPOCHS_DIR_NAME / "t"
+    assert sorted(p.name for p in kept.iterdir()) == [f"phase1-epoch{i}.keras" for i in (1, 2, 3)]
+    assert not (tmp_path / "models" / config.RESUME_DIR_NAME).exists()
+    first, last = (load_model(kept / f"phase1-epoch{i}.keras") for i in (1, 3))
+    assert not np.allclose(first.get_weights()[-2], last.get_weights()[-2])  # each epoch's own weights
+    out = average(AverageSettings([kept / "phase1-epoch2.keras", kept / "phase1-epoch3.keras"],
+                                  tmp_path / "avg.keras", sidecar=tmp_path / "models" / config.BEST_MODEL),
+                  notes=lambda t: None)
+    assert load_model(out).predict_on_batch(np.zeros((1, SIZE, SIZE, 1), np.float32)).shape == (1, 7)
+
+
 def test_resume_refuses_other_settings(arrays, tmp_path):
     from fervgg import resume
 

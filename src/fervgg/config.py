@@ -48,6 +48,7 @@ TFLITE_SUFFIX: str = ".tflite"
 INT8_SUFFIX: str = ".int8.tflite"  # export_model.py --int8-data: the quantised model, preferred when present
 PREVIOUS_MODELS_DIR: str = "previous"  # a new run moves the last run's models here
 RESUME_DIR_NAME: str = ".resume"  # per-run resume state, inside MODELS_DIR
+KEPT_EPOCHS_DIR_NAME: str = "epochs"  # <models_dir>/epochs/<run name>/: every epoch, with `keep_epochs`
 VGG16_NOTOP_WEIGHTS: str = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 # The model that ships with the project (FER2013, 7 classes): used by prediction when you
 # have no model of your own, and by --weights fer2013 as a start for fine-tuning.

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from fervgg import config
-from fervgg.common import FervggError, atomic_save_keras, atomic_write_json, first_line, loads_json
+from fervgg.common import (FervggError, atomic_save_keras, atomic_write_json, first_line, loads_json,
+                           unique_temporary)
 
 # Settings that must match for a run to be resumed (others, like `epochs`, may change).
 RESUME_KEYS = ("weights", "batch_size", "lr", "fine_tune_lr", "fine_tune_blocks", "optimizer",
@@ -39,9 +42,12 @@ class ResumeState:
     """Per-epoch resume point in <models_dir>/.resume/: a full model (with optimizer state)
     and state.json, written atomically; the JSON is written last and names the model file."""
 
-    def __init__(self, models_dir: Path):
+    def __init__(self, models_dir: Path, keep_epochs: bool = False):
         self.dir = Path(models_dir) / config.RESUME_DIR_NAME
         self.json_path = self.dir / "state.json"
+        # keep_epochs: every checkpoint also stays in <models_dir>/epochs/<run name>/ (for
+        # averaging.py), a hard link where the file system allows it, so it costs no copy.
+        self.kept_dir = Path(models_dir) / config.KEPT_EPOCHS_DIR_NAME if keep_epochs else None
 
     def load(self) -> dict | None:
         """The saved state; None when there is none. A damaged one is an error, never
@@ -68,6 +74,8 @@ class ResumeState:
         if model is not None:
             atomic_save_keras(model, self.dir / model_file)
             state["model_file"] = model_file
+            if self.kept_dir is not None:
+                keep(self.dir / model_file, self.kept_dir / state["run_name"] / model_file)
         atomic_write_json(self.json_path, state)
         for old in self.dir.glob("phase*-epoch*.keras"):
             if old.name != state.get("model_file"):
@@ -89,6 +97,20 @@ class ResumeState:
             f.unlink(missing_ok=True)
         if self.dir.is_dir():
             self.dir.rmdir()
+
+
+def keep(source: Path, target: Path) -> None:
+    """`target` becomes `source`'s content: a hard link, or a copy where links are not possible."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = unique_temporary(target)
+    try:
+        try:
+            os.link(source, staging)
+        except OSError:
+            shutil.copyfile(source, staging)
+        os.replace(staging, target)
+    finally:
+        staging.unlink(missing_ok=True)
 
 
 @dataclass

@@ -63,6 +63,7 @@ class TrainSettings:
     steps_per_epoch: int | None = None
     seed: int = config.SEED
     fresh: bool = False  # ignore a saved resume state and start over
+    keep_epochs: bool = False  # keep every epoch's checkpoint in models_dir/epochs/<run name>/ (averaging.py)
     augment: bool = True
     aug_flip: bool = True
     aug_rotation: float = config.AUG_ROTATION_DEG
@@ -232,7 +233,7 @@ class TrainingRun:
 
 def start_or_resume(settings: TrainSettings, meta: dict) -> tuple[ResumeState, dict | None, str]:
     """The resume state to continue (None: a new run) and the settings' fingerprint."""
-    resume = ResumeState(settings.models_dir)
+    resume = ResumeState(settings.models_dir, settings.keep_epochs)
     fingerprint = settings_fingerprint(settings, meta)
     if settings.fresh:
         resume.clear()
