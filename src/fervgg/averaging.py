@@ -24,7 +24,8 @@ import numpy as np
 from fervgg import config, emotion_model
 from fervgg.artifacts import load_split, read_meta
 from fervgg.classifiers import Notes, print_note
-from fervgg.common import FervggError, atomic_save_keras, atomic_write_json, read_json, sha256_file, utc_now
+from fervgg.common import (FervggError, atomic_save_keras, atomic_write_json, read_json, same_path, sha256_file,
+                           utc_now)
 
 
 @dataclass
@@ -46,7 +47,7 @@ class AverageSettings:
             raise FervggError("`models`: a checkpoint is given twice")
         if self.out.suffix != ".keras":
             raise FervggError(f"`out` must be a .keras file, not {self.out.name}")
-        if any(m.resolve() == self.out.resolve() for m in self.models):
+        if any(same_path(m, self.out) for m in self.models):
             raise FervggError(f"`out` {self.out} is one of the `models`: write the average elsewhere")
         if self.bn_images < 1 or self.batch_size < 1:
             raise FervggError("`bn_images` and `batch_size` must be at least 1")
