@@ -9,7 +9,11 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install test demo all recipe-cpu recipe-gpu preprocess train evaluate predict export lint clean-demo
 
-install: $(VENV)/.installed
+# The shipped model's LiteRT file is built from its .keras at install, not committed: every
+# committed model version stays in every clone, and git carries the .keras, its sidecar (which
+# already records this export, and is left as it is) and any .int8.tflite.
+SHIPPED := models/pretrained/fer2013_vgg16
+install: $(VENV)/.installed $(SHIPPED).tflite
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +22,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	@# The package fervgg (src/), editable: scripts, tests and bench import it.
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
+
+$(SHIPPED).tflite: $(SHIPPED).keras $(VENV)/.installed
+	$(PY) scripts/export_model.py --model $< --float16
 
 test: install
 	$(PY) -m pytest -q tests

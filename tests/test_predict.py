@@ -501,6 +501,15 @@ def test_float16_publish_writes_a_checked_half_size_copy(model_path, tmp_path, c
     assert info["weights"] == "float16" and info["class_names"] == list(config.CLASS_NAMES)
     assert info["exported_from"]["sha256"] == sha256_file(model_path)
     assert info["litert_export"]["keras_sha256"] == sha256_file(pub / "shipped.keras")
+    # What `make install` does where git ships no .tflite: rebuild it from the published .keras,
+    # leaving the committed sidecar byte for byte as it was.
+    sidecar = (pub / "shipped.json").read_bytes()
+    (pub / "shipped.tflite").unlink()
+    assert export_model.main(["--model", str(pub / "shipped.keras"), "--float16", "--check-samples", "4"]) == 0
+    assert (pub / "shipped.json").read_bytes() == sidecar
+    assert tuple(find_model(pub / "shipped.keras")) == ("litert", pub / "shipped.tflite", pub / "shipped.keras")
+    rebuilt = LiteRTClassifier(pub / "shipped.tflite").predict(x)
+    np.testing.assert_allclose(rebuilt, original, atol=config.EXPORT_TOLERANCE_FLOAT16)
 
 
 def test_checkout_order_does_not_make_a_published_tflite_look_stale(model_path, tmp_path, capsys):

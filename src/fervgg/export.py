@@ -182,9 +182,12 @@ def record_export(keras_path: Path, tflite_file: Path, float16: bool, diff: floa
     if not side.is_file():
         return
     info = loads_json(side.read_text(encoding="utf-8"))
-    info["litert_export"] = {"file": tflite_file.name, "keras_sha256": sha256_file(keras_path),
-                             "weights": "float16" if float16 else "float32", "max_abs_difference": diff,
-                             "created": utc_now()}
+    record = {"file": tflite_file.name, "keras_sha256": sha256_file(keras_path),
+              "weights": "float16" if float16 else "float32"}
+    earlier = info.get("litert_export")
+    if isinstance(earlier, dict) and {k: earlier.get(k) for k in record} == record:
+        return  # already recorded: `make install` rebuilding the shipped .tflite leaves the committed sidecar as is
+    info["litert_export"] = {**record, "max_abs_difference": diff, "created": utc_now()}
     atomic_write_json(side, info)
 
 
