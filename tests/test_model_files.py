@@ -214,3 +214,37 @@ def test_export_refuses_a_hostile_sidecar_before_writing_anything(tiny_model, tm
     with pytest.raises(FervggError, match="sidecar.*is damaged"):
         export(ExportSettings(model=model))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.keras"]
+
+
+def test_native_log_noise_is_dropped_and_everything_else_passes(capfd):
+    import os
+
+    from fervgg.common import filtered_stderr
+
+    with filtered_stderr("harmless line"):
+        os.write(2, b"E0000 util.cc:131] a harmless line from C++\nE0000 a real native error\n")
+    err = capfd.readouterr().err
+    assert "a real native error" in err and "harmless" not in err
+
+
+def test_loading_float16_weights_prints_no_dt_half_line(tmp_path):
+    """On CPUs without AVX-512, TF logs 'E0000 ... oneDNN supports DT_HALF only ...' once per
+    process, at the first float16 operation: loading the shipped model's float16 weights. Users
+    cannot act on it, so load_model does not show it. Fresh processes, as a user's run."""
+    import subprocess
+    import sys
+
+    model = emotion_model.with_policy(emotion_model.build_model(7, 32, "none", dense_units=8), "float16")
+    path = tmp_path / "half.keras"
+    model.save(path)
+
+    def stderr_of(code: str) -> str:
+        proc = subprocess.run([sys.executable, "-c", f"from fervgg import emotion_model as m; {code}({str(path)!r})"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr
+
+    unfiltered = stderr_of("m.import_tensorflow(); m.keras_load")  # shows whether this CPU logs it at all
+    assert "DT_HALF" not in stderr_of("m.load_model")
+    if "DT_HALF" not in unfiltered:
+        pytest.skip("this CPU does not log the DT_HALF line (AVX-512): nothing to hide here")

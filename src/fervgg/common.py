@@ -296,6 +296,20 @@ def redirected_stderr(target: str | int):
             os.close(fd)
 
 
+@contextlib.contextmanager
+def filtered_stderr(*noise: str):
+    """Capture what native code writes to file descriptor 2 for the duration; pass on every
+    line that contains none of `noise` (known, harmless log lines users cannot act on)."""
+    with tempfile.TemporaryFile() as capture:
+        with redirected_stderr(capture.fileno()):
+            yield
+        capture.seek(0)
+        text = capture.read().decode("utf-8", "replace")
+    kept = [line for line in text.splitlines() if line and not any(n in line for n in noise)]
+    if kept:
+        print("\n".join(kept), file=sys.stderr)
+
+
 def format_table(header: list[str], rows: list[list[Any]]) -> str:
     """A plain left/right aligned text table (numbers right-aligned)."""
     cells = [header] + [[_fmt(c) for c in row] for row in rows]

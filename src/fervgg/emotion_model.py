@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from fervgg import config
-from fervgg.common import (FervggError, atomic_write_json, first_line, import_tensorflow, library_versions,
-                           loads_json, model_not_found, printable, utc_now)
+from fervgg.common import (FervggError, atomic_write_json, filtered_stderr, first_line, import_tensorflow,
+                           library_versions, loads_json, model_not_found, printable, utc_now)
 
 # VGG16 "caffe" preprocessing: BGR channel means of ImageNet, no scaling.
 VGG_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -220,7 +220,11 @@ def load_model(model_path: Path, compile: bool = False, float32: bool = True):
                         "archive; this one is damaged or truncated): re-train or re-copy it")
     import_tensorflow()
     try:
-        model = keras_load(model_path, compile=compile)
+        # TF logs an "E0000 ... oneDNN supports DT_HALF only on platforms with AVX-512" line when
+        # float16 weights (the shipped model's) load on other CPUs: harmless, so not shown.
+        with filtered_stderr(HALF_ON_AVX2_NOISE):
+            model = keras_load(model_path, compile=compile)
+            return as_float32(model) if float32 else model
     except Exception as exc:
         text = str(exc)
         if "safe_mode" in text or "Lambda" in text:
@@ -228,7 +232,9 @@ def load_model(model_path: Path, compile: bool = False, float32: bool = True):
             raise FervggError(f"{model_path} contains {what} and is refused: models are only loaded from "
                               "built-in layers") from None
         raise FervggError(f"cannot load model {model_path}: {keras_error_line(exc)}") from None
-    return as_float32(model) if float32 else model
+
+
+HALF_ON_AVX2_NOISE = "oneDNN supports DT_HALF only on platforms with AVX-512"
 
 
 # What Keras's safe mode refuses to load, as a user would name it.

@@ -7,19 +7,16 @@ a fraction of a second instead of several seconds.
 from __future__ import annotations
 
 import os
-import sys
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from fervgg.classifiers import EXPORT_HINT, Classifier
-from fervgg.common import FervggError, check_gray_input, first_line, redirected_stderr
+from fervgg.common import FervggError, check_gray_input, filtered_stderr, first_line
 from fervgg.emotion_model import check_model_file
 
 # Printed by LiteRT's C++ code on every start; not worth a user's attention.
-_NOISE = ("Created TensorFlow Lite XNNPACK delegate",)
+LITERT_NOISE = ("Created TensorFlow Lite XNNPACK delegate",)
 
 
 def cpu_count() -> int:
@@ -27,19 +24,6 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
-
-
-@contextmanager
-def _filtered_stderr():
-    """Capture what native code writes to file descriptor 2; pass on all but _NOISE."""
-    with tempfile.TemporaryFile() as capture:
-        with redirected_stderr(capture.fileno()):
-            yield
-        capture.seek(0)
-        text = capture.read().decode("utf-8", "replace")
-    kept = [line for line in text.splitlines() if line and not any(n in line for n in _NOISE)]
-    if kept:
-        print("\n".join(kept), file=sys.stderr)
 
 
 class LiteRTClassifier(Classifier):
@@ -68,7 +52,7 @@ class LiteRTClassifier(Classifier):
     def _allocate(self, batch: int) -> None:
         if batch == self._batch:
             return
-        with _filtered_stderr():
+        with filtered_stderr(*LITERT_NOISE):
             self.interpreter.resize_tensor_input(
                 self._input["index"], [batch, self.image_size, self.image_size, 1], strict=False)
             self.interpreter.allocate_tensors()

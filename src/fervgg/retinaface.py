@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fervgg.common import FervggError, first_line
-from fervgg.litert_runtime import _filtered_stderr, cpu_count
+from fervgg.common import FervggError, filtered_stderr, first_line
+from fervgg.litert_runtime import LITERT_NOISE, cpu_count
 
 MODEL_PATH = Path(__file__).resolve().parent / "data" / "retinaface_mnet025.tflite"
 
@@ -86,7 +86,7 @@ class RetinaFace:
         faces scoring at least min_score whose larger side is at least min_side pixels."""
         height, width = pixels.shape[:2]
         if (height, width) != self._shape:
-            with _filtered_stderr():
+            with filtered_stderr(*LITERT_NOISE):
                 self.interpreter.resize_tensor_input(self._input["index"], [1, height, width, 3], strict=False)
                 self.interpreter.allocate_tensors()
             self._shape = (height, width)
