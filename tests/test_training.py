@@ -263,8 +263,7 @@ def test_keep_epochs_keeps_every_checkpoint_for_averaging(arrays, tmp_path):
 
 def test_a_resumed_phase_does_not_replay_the_first_epochs_batches(arrays):
     """The pipeline of a phase resumed at epoch k is seeded apart from a fresh start's, so the
-    resumed epochs see new orders, crops and erasing (a replay of epoch 1's exact augmented
-    batches made the training accuracy of the long v2 run jump at each resume)."""
+    resumed epochs see new orders, crops and erasing, not a replay of epoch 1's batches."""
     from fervgg.artifacts import load_split
     from fervgg.train import data_seed
     from fervgg.training import Augmentation, make_dataset

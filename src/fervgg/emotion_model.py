@@ -207,6 +207,11 @@ def check_model_file(path: Path) -> Path:
     return path
 
 
+# An "E0000 ..." line TF logs once when float16 weights (the shipped model's) load on CPUs without
+# AVX-512: harmless, and users cannot act on it, so load_model does not show it.
+HALF_ON_AVX2_NOISE = "oneDNN supports DT_HALF only on platforms with AVX-512"
+
+
 def load_model(model_path: Path, compile: bool = False, float32: bool = True):
     """Load a .keras (or legacy .h5) model safely; FervggError if missing or unreadable.
 
@@ -220,8 +225,6 @@ def load_model(model_path: Path, compile: bool = False, float32: bool = True):
                         "archive; this one is damaged or truncated): re-train or re-copy it")
     import_tensorflow()
     try:
-        # TF logs an "E0000 ... oneDNN supports DT_HALF only on platforms with AVX-512" line when
-        # float16 weights (the shipped model's) load on other CPUs: harmless, so not shown.
         with filtered_stderr(HALF_ON_AVX2_NOISE):
             model = keras_load(model_path, compile=compile)
             return as_float32(model) if float32 else model
@@ -232,9 +235,6 @@ def load_model(model_path: Path, compile: bool = False, float32: bool = True):
             raise FervggError(f"{model_path} contains {what} and is refused: models are only loaded from "
                               "built-in layers") from None
         raise FervggError(f"cannot load model {model_path}: {keras_error_line(exc)}") from None
-
-
-HALF_ON_AVX2_NOISE = "oneDNN supports DT_HALF only on platforms with AVX-512"
 
 
 # What Keras's safe mode refuses to load, as a user would name it.

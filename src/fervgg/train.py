@@ -299,9 +299,10 @@ def copy_weights(source, model, path: Path) -> None:
 def data_seed(seed: int, phase: int, start_epoch: int) -> int:
     """The seed of a phase's shuffling and augmentation when it starts at `start_epoch`. A
     resumed run must not reuse the fresh run's seed: each resume would replay the first epoch's
-    order of images (and many of its crops), already trained on (the long v2 run of issue 18,
-    on code before this, gained 4.4 points of training accuracy in the epoch after a resume).
-    A fresh start keeps the seed earlier versions used."""
+    order of images (and many of its crops), already trained on (found while the long v2 run of
+    issue 18 jumped 4.4 points in training accuracy after one resume; a later resume showed no
+    jump, so that replay may not be the jump's only cause). A fresh start keeps the seed
+    earlier versions used."""
     return seed + phase + 1_000_003 * start_epoch
 
 
