@@ -103,10 +103,11 @@ def parse_args(argv=None) -> TrainSettings:
                    help="max zoom in/out, fraction")
     a.add_argument("--aug-shift", type=number(float, **R["aug_shift"]), default=config.AUG_SHIFT,
                    help="max shift, fraction of the side")
-    a.add_argument("--crop-size", type=number(int, **R["crop_size"]), default=config.CROP_SIZE, metavar="PIXELS",
+    a.add_argument("--crop-size", type=number(int, **R["crop_size"]), default=None, metavar="PIXELS",
                    help="train on random PIXELS x PIXELS crops of each image; the saved model still takes "
                    "the whole image and reads its centre crop, and ten-crop TTA uses this size "
-                   "(0: no cropping; e.g. 40 for 48x48 FER2013)")
+                   "(0: no cropping; e.g. 40 for 48x48 FER2013). Default: the starting model's when --weights "
+                   f"is a model of ours (fer2013, a .keras) or --initial-model is given, else {config.CROP_SIZE}")
     a.add_argument("--aug-erasing", type=number(float, **R["aug_erasing"]), default=config.AUG_ERASING,
                    help="probability of erasing a random rectangle")
     h = p.add_argument_group("hardware")

@@ -466,6 +466,48 @@ def test_fine_tuning_from_a_saved_model_learns_a_new_class_set(arrays, tmp_path)
     assert (models / config.FINE_TUNED_MODEL).is_file()
 
 
+def test_fine_tuning_keeps_the_start_models_crop_size_unless_told(tmp_path, capsys):
+    """A model trained on 40x40 crops (as the shipped one is) is fine-tuned on the same crops
+    by default, and the new model reads its centre window too; --crop-size 0 turns that off."""
+    from fervgg.common import atomic_write_json
+    from fervgg.emotion_model import build_model, model_info
+
+    write_demo_data(DemoDataSettings(tmp_path / "images", train_per_class=4, test_per_class=1, image_size=48))
+    preprocess(PreprocessSettings(tmp_path / "images", tmp_path / "arrays", image_size=48, val_fraction=0.2,
+                                  workers=1))
+    source = tmp_path / "source.keras"
+    build_model(len(config.CLASS_NAMES), 48, "none", dense_units=16, crop_size=40).save(source)
+    atomic_write_json(source.with_suffix(".json"), {"class_names": list(config.CLASS_NAMES), "image_size": 48,
+                                                    "crop_size": 40})
+    start = ("--weights", str(source), "--epochs", "1", "--fine-tune-epochs", "0", "--steps-per-epoch", "1")
+
+    assert run_training(tmp_path / "arrays", tmp_path / "kept", *start) == 0
+    assert "crop size 40: the starting model's" in capsys.readouterr().out
+    kept = tmp_path / "kept" / "models" / config.BEST_MODEL
+    assert model_info(kept).crop_size == 40
+    assert json.loads(kept.with_suffix(".json").read_text())["config"]["crop_size"] == 40
+
+    assert run_training(tmp_path / "arrays", tmp_path / "off", *start, "--crop-size", "0") == 0
+    assert "crop size" not in capsys.readouterr().out
+    assert model_info(tmp_path / "off" / "models" / config.BEST_MODEL).crop_size == 0
+
+
+def test_only_a_start_model_of_ours_gives_its_crop_size(tmp_path):
+    from fervgg.common import atomic_write_json
+    from fervgg.train import start_crop_size
+
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"not read: only the sidecar is")
+    atomic_write_json(model.with_suffix(".json"), {"class_names": ["a", "b"], "image_size": 48, "crop_size": 40})
+    assert start_crop_size(TrainSettings(weights=str(model))) == 40
+    assert start_crop_size(TrainSettings(weights="none", initial_model=model)) == 40
+    assert start_crop_size(TrainSettings(weights="none")) == config.CROP_SIZE
+    assert start_crop_size(TrainSettings(weights="imagenet")) == config.CROP_SIZE
+    assert start_crop_size(TrainSettings(weights=str(tmp_path / "missing.keras"))) == config.CROP_SIZE
+    model.with_suffix(".json").unlink()  # no sidecar: nothing says it was trained on crops
+    assert start_crop_size(TrainSettings(weights=str(model))) == 0
+
+
 def test_missing_start_model_is_a_user_error(arrays, tmp_path):
     with pytest.raises(FervggError, match="model to start from not found"):
         run_training(arrays, tmp_path, "--weights", str(tmp_path / "nope.keras"), "--epochs", "1")

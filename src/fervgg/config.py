@@ -84,6 +84,7 @@ DROPOUT: float = 0.0  # 0.5 made from-scratch VGG16-BN learn ~2.5x slower (demo 
 DENSE_UNITS: int = 256
 # Random-crop training: each training image is a random CROP_SIZE x CROP_SIZE window of the
 # face; the saved model takes the whole image and reads its centre crop (0: no cropping).
+# A run that starts from a model of ours (fine-tuning, --initial-model) uses that model's instead.
 CROP_SIZE: int = 0
 
 # Augmentation (applied to training batches only, never at evaluation).

@@ -14,6 +14,7 @@ them together. TensorFlow is imported only after the settings and data are check
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import sys
 import time
@@ -69,7 +70,7 @@ class TrainSettings:
     aug_rotation: float = config.AUG_ROTATION_DEG
     aug_zoom: float = config.AUG_ZOOM
     aug_shift: float = config.AUG_SHIFT
-    crop_size: int = config.CROP_SIZE
+    crop_size: int | None = None  # None: the starting model's when it is one of ours, else config.CROP_SIZE
     aug_erasing: float = config.AUG_ERASING
     precision: str = config.PRECISION  # fervgg.hardware.PRECISIONS
     distribute: str = "auto"  # fervgg.hardware.DISTRIBUTE_MODES
@@ -108,6 +109,27 @@ class TrainSettings:
         return self.weights != "none"
 
 
+def start_crop_size(settings: TrainSettings) -> int:
+    """The crop size of a run that does not set one: the starting model's (its sidecar's), so
+    fine-tuning the shipped model keeps the input it was trained on, and at that model's cost
+    per image; config.CROP_SIZE when training starts from ImageNet, a weights file or scratch."""
+    from fervgg.emotion_model import is_model_file, model_info, resolve_weights
+
+    if settings.initial_model is not None:
+        start = Path(settings.initial_model)
+    elif is_model_file(settings.weights):
+        start = Path(resolve_weights(settings.weights)).expanduser()
+    else:
+        return config.CROP_SIZE
+    if not start.is_file():
+        return config.CROP_SIZE  # the "model to start from not found" error comes with the model
+    crop = model_info(start).crop_size
+    if crop:
+        print(f"crop size {crop}: the starting model's ({start.name} was trained on {crop}x{crop} crops; "
+              "`crop_size` 0 turns cropping off)")
+    return crop
+
+
 def check_run_name(name: str) -> None:
     """A run name is one folder name under `logs_dir`: no separators, no "." or "..", so the
     logs can never land outside it."""
@@ -144,6 +166,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 def train(settings: TrainSettings) -> TrainResult:
     """Train (or resume) the run `settings` describe; progress goes to stdout."""
     meta = read_meta(settings.data_dir)
+    if settings.crop_size is None:
+        settings = dataclasses.replace(settings, crop_size=start_crop_size(settings))
     train_split = load_split(settings.data_dir, "train", meta)
     val_split = load_split(settings.data_dir, "val", meta)
     if settings.crop_size and not 32 <= settings.crop_size < meta["image_size"]:
