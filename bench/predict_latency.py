@@ -97,7 +97,7 @@ def main() -> None:
             model = build_model(tmp)
         photo = args.image or SHARED / "photos" / "obama.jpg"
         if photo.is_file():
-            one, what = [str(photo)], f"{photo.name} with face detection (opencv)"
+            one, what = [str(photo)], f"{photo.name} with face detection (default detector)"
         else:
             make_crops(tmp / "one", 1)
             one, what = [str(next((tmp / "one").iterdir())), "--no-detect"], "one 48x48 crop, --no-detect"
