@@ -98,9 +98,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "smaller faces, slower)")
     p.add_argument("--batch-size", type=int, default=config.EVAL_BATCH_SIZE,
                    help="faces per model call")
-    p.add_argument("--tta", action="store_true",
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="photos: average each face's prediction over ten crops (corners, centre, "
-                        "mirrored): a little more accurate, ten times the classifier work")
+                        "mirrored): more accurate, ten times the classifier work (default: "
+                        f"{'on' if config.PHOTO_TTA else 'off'}; video always uses one view)")
     p.add_argument("--max-megapixels", type=number(float, above=0, high=10_000),
                    default=config.MAX_IMAGE_PIXELS / 1e6,
                    help="refuse images (and video frames) larger than this when decoded, against "
@@ -117,8 +118,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         if used:
             p.error(f"{', '.join(used)}: only with --video")
     else:
-        if args.no_detect or args.tta:
-            p.error("--no-detect and --tta are for photos, not --video")
+        if args.no_detect or args.tta is not None:
+            p.error("--no-detect and --tta/--no-tta are for photos, not --video")
         if args.every < 1 or args.detect_every < 1:
             p.error("--every and --detect-every must be at least 1")
         if args.fps is not None and not (0 < args.fps < 1000):
@@ -179,7 +180,8 @@ def save_annotated(image, out_dir: Path, name: str) -> None:
 def recognizer(args) -> EmotionRecognizer:
     notes = lambda text: print(text, file=sys.stderr)  # noqa: E731
     return EmotionRecognizer(args.model, models_dir=args.models_dir, backend=args.backend,
-                             detector=None if args.no_detect else args.detector, tta=args.tta,
+                             detector=None if args.no_detect else args.detector,
+                             tta=bool(args.video is None and (config.PHOTO_TTA if args.tta is None else args.tta)),
                              threads=args.threads, max_megapixels=args.max_megapixels, notes=notes)
 
 

@@ -153,6 +153,17 @@ def test_video_rows_are_the_cli_rows(rec):
         assert abs(ours["confidence"] - float(theirs["confidence"])) < 1e-5
 
 
+def test_tta_default_is_the_config_one_for_photos_and_video_stays_one_view(rec, monkeypatch):
+    crops = np.stack([face_like(i) for i in range(4)])
+    ten = EmotionRecognizer(tta=True)
+    monkeypatch.setattr(config, "PHOTO_TTA", True)
+    same_faces(EmotionRecognizer().predict_crops(crops), ten.predict_crops(crops), atol=0)
+    monkeypatch.setattr(config, "PHOTO_TTA", False)
+    same_faces(EmotionRecognizer().predict_crops(crops), rec.predict_crops(crops), atol=0)
+    if CLIP.is_file():  # one view per face on video, whatever the recognizer's TTA
+        assert list(ten.analyse_video(CLIP, every=10)) == list(rec.analyse_video(CLIP, every=10))
+
+
 @needs_photos
 def test_the_wheel_works_outside_the_repo(tmp_path):
     """pip install of a clone gives a working package anywhere: the shipped model travels

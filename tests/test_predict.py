@@ -267,6 +267,21 @@ def test_tta_averages_ten_crops_of_each_face(model_path, crops, capsys):
     assert np.abs(got - lite.predict(x)).max() > 1e-3, "TTA changes the probabilities"
 
 
+def test_photo_tta_default_is_the_config_one_and_no_tta_turns_it_off(model_path, crops, capsys, monkeypatch):
+    def probabilities(*flags: str) -> np.ndarray:
+        code, out, _ = predict(capsys, "--image_path", str(crops), "--no-detect", "--json", *flags,
+                               *litert(model_path))
+        assert code == 0
+        return np.array([[r["probabilities"][n] for n in config.CLASS_NAMES] for r in json.loads(out)])
+
+    one, ten = probabilities("--no-tta"), probabilities("--tta")
+    monkeypatch.setattr(config, "PHOTO_TTA", True)
+    np.testing.assert_array_equal(probabilities(), ten)
+    np.testing.assert_array_equal(probabilities("--no-tta"), one)
+    monkeypatch.setattr(config, "PHOTO_TTA", False)
+    np.testing.assert_array_equal(probabilities(), one)
+
+
 def test_no_face_falls_back_to_whole_image(model_path, tmp_path, capsys):
     path = tmp_path / "wall.png"
     Image.fromarray(face_like(7, 200)).save(path)

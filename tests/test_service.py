@@ -143,6 +143,7 @@ def test_health_and_model(client):
     accuracy = model["sidecar"]["provenance"]["publicTest_accuracy"]
     assert 0.6 < accuracy["accuracy"] < 1 and model["sidecar"]["best_epoch"] > 0
     assert set(model["colours"]) == set(config.CLASS_NAMES)
+    assert model["photo_tta"] is config.PHOTO_TTA  # the page's TTA box starts as the service's default
 
 
 def test_page_and_docs(client):

@@ -242,7 +242,8 @@ def test_video_flags_are_checked():
                           (["--video", "x.mp4", "--every", "0"], "at least 1"),
                           (["--video", "x.mp4", "--every", "2", "--fps", "3"], "not allowed with"),
                           (["--video", "x.mp4", "--no-detect"], "not --video"),
-                          (["--video", "x.mp4", "--tta"], "not --video")):
+                          (["--video", "x.mp4", "--tta"], "not --video"),
+                          (["--video", "x.mp4", "--no-tta"], "not --video")):
         proc = subprocess.run([sys.executable, SCRIPT, *argv], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and message in proc.stderr, (argv, proc.stderr)
 

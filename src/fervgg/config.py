@@ -102,6 +102,10 @@ EXPORT_TOLERANCE: float = 1e-3  # ...to within this absolute difference of proba
 EXPORT_TOLERANCE_FLOAT16: float = 2e-2  # ...or this, with --float16 weights (rounding to 11 bits)
 INT8_SAMPLES: int = 400  # export_model.py --int8-data: training images that calibrate the int8 model
 INT8_MAX_LOSS: float = 0.005  # ...which is kept only within this accuracy of the float model (one view and TTA)
+# Ten-crop TTA by default on the photo path (predict_emotion.py photos, EmotionRecognizer, the
+# service's ?tta): chosen by measured accuracy against cost (BENCHMARKS.md, "Ten-crop"). Video
+# (files, cameras, the page's webcam) always uses one view.
+PHOTO_TTA: bool = False
 TTA_CROP_FRACTION: float = 0.9  # ten-crop TTA: crop side / image side (training zooms in up to 10%)
 DETECTOR: str = "retinaface"  # the default face detector (fervgg.faces.DETECTORS)
 FACE_MARGIN: float = 0.2  # fraction of the face box added on each side before cropping

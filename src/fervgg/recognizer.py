@@ -75,12 +75,13 @@ class EmotionRecognizer:
     backend: "auto" (LiteRT when a current export exists, the .int8.tflite first: fast, no
     TensorFlow), "int8", "litert" (the float .tflite), "keras".
     detector: a face detector of fervgg.faces.DETECTORS, or None: every image is one face
-    (FER-style crops). tta: average ten crops per face.
+    (FER-style crops). tta: average ten crops per face on photos (None: config.PHOTO_TTA);
+    videos always use one view.
     max_megapixels: images larger than this once decoded are refused (decompression bombs).
     """
 
     def __init__(self, model: str | Path | None = None, *, models_dir: str | Path | None = None,
-                 backend: str = "auto", detector: str | None = config.DETECTOR, tta: bool = False,
+                 backend: str = "auto", detector: str | None = config.DETECTOR, tta: bool | None = None,
                  threads: int | None = None, max_megapixels: float = config.MAX_IMAGE_PIXELS / 1e6, notes=None):
         from fervgg import faces
 
@@ -93,7 +94,8 @@ class EmotionRecognizer:
         elif models_dir is None:
             model = Path(config.PRETRAINED_MODEL)
         where = {"models_dir": Path(models_dir).expanduser()} if models_dir is not None else {}
-        self.classifier = open_classifier(model, **where, backend=backend, threads=threads, tta=tta,
+        self.classifier = open_classifier(model, **where, backend=backend, threads=threads,
+                                          tta=config.PHOTO_TTA if tta is None else tta,
                                           notes=notes or (lambda text: None))
         self._lock = threading.Lock()  # one classification at a time
         self._other_tta = None  # the classifier for classify(tta=...) against this instance's setting
@@ -249,7 +251,7 @@ class EmotionRecognizer:
                       detect_side: int = config.VIDEO_DETECT_SIDE) -> Iterator[dict]:
         """Rows for every tracked face of a video file or camera (an index such as 0), in
         frame order, as the command line writes them: frame, time_s, track, x, y, w, h,
-        emotion, confidence and every class probability."""
+        emotion, confidence and every class probability. One view per face, whatever `tta`."""
         if every < 1 or detect_every < 1 or detect_side < 64 or not 0 <= smooth < 3600 \
                 or (fps is not None and not 0 < fps < 1000):
             raise FervggError("video settings out of range: `every` and `detect_every` >= 1, `detect_side` >= 64, "
@@ -260,7 +262,7 @@ class EmotionRecognizer:
                                   smooth_s=smooth)
         stream = video.open_video(str(source), self.max_pixels)
         try:
-            analysis = video.FrameAnalysis(stream, self.classifier, settings, every, fps)
+            analysis = video.FrameAnalysis(stream, self._classifier(False), settings, every, fps)
             for step in analysis.steps():
                 yield from (video.row_record(row, self.class_names) for row in step.rows)
             yield from (video.row_record(row, self.class_names) for row in analysis.flush())

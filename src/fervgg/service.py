@@ -166,7 +166,7 @@ class Recognition:
         facts = {"model": classifier.path.name, "backend": classifier.backend, "classes": self.rec.class_names,
                  "input": {"image_size": classifier.image_size, "crop_size": classifier.crop_size,
                            "pixels": "grayscale 0-255"},
-                 "detector": self.rec.detector,
+                 "detector": self.rec.detector, "photo_tta": config.PHOTO_TTA,
                  "colours": {name: {"fill": drawing.colour_of(i), "text": drawing.text_colour(drawing.colour_of(i))}
                              for i, name in enumerate(self.rec.class_names)}}
         side = sidecar_path(classifier.path)
@@ -261,7 +261,7 @@ def create_app(settings: ServiceSettings | None = None, recognizer=None,
     batch_doc = {"requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
             "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
-    tta_query = Query(False, description="average each face over ten crops (more accurate, slower)")
+    tta_query = Query(config.PHOTO_TTA, description="average each face over ten crops (more accurate, slower)")
     detect_query = Query(True, description="find faces; false: the whole image is one face")
 
     @app.post("/v1/predict", openapi_extra=body_doc, summary="The faces of one image and their emotions")

@@ -39,8 +39,10 @@ async function api(path, options = {}) {
 }
 
 function options(forWebcam) {
+  // Webcam frames: always find faces, one view (ten-crop would cut the frame rate, as for video).
   const detect = forWebcam || $("opt-detect").checked;
-  return `?detect=${detect}&tta=${$("opt-tta").checked}`;
+  const tta = !forWebcam && $("opt-tta").checked;
+  return `?detect=${detect}&tta=${tta}`;
 }
 
 function askForToken(message) {
@@ -64,6 +66,7 @@ async function describeModel() {
   }
   state.classes = body.classes;
   state.colours = body.colours;
+  $("opt-tta").checked = Boolean(body.photo_tta);  // the service's default for photos
   const accuracy = body.sidecar && body.sidecar.provenance && body.sidecar.provenance.publicTest_accuracy;
   $("model-line").textContent = `model ${body.model} (${body.backend}), face detector ${body.detector}` +
     (accuracy ? `, ${percent(accuracy.accuracy)} on FER2013's public test set` : "");
