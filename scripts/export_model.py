@@ -15,7 +15,7 @@ float32 original).
 
     python scripts/export_model.py                       # the default model
     python scripts/export_model.py --model models/fine_tuned_model.keras
-    python scripts/export_model.py --model runs/best_model.keras --float16 \
+    python scripts/export_model.py --model runs/best_model.keras --float16 \\
         --out-dir models/pretrained --name fer2013_vgg16 --int8-data preprocessed_data
 
 --int8-data also writes NAME.int8.tflite: int8 weights and activations (full-integer
