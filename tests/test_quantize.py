@@ -64,7 +64,7 @@ def test_int8_model_takes_raw_pixels_and_agrees_mostly(quantized):
     fp = LiteRTClassifier(quantized.with_suffix(".tflite")).predict(x)
     q = LiteRTClassifier(int8_path(quantized)).predict(x)
     assert q.dtype == np.float32 and q.shape == fp.shape
-    np.testing.assert_allclose(q.sum(1), 1.0, atol=1e-2)
+    np.testing.assert_allclose(q.sum(1), 1.0, atol=1e-5)  # int8 softmax steps (1/256) rescaled to sum to 1
     assert np.abs(q - fp).max() < 0.5 and (q.argmax(1) == fp.argmax(1)).mean() >= 0.5
 
 

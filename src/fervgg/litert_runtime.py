@@ -67,4 +67,10 @@ class LiteRTClassifier(Classifier):
         self._allocate(len(batch))
         self.interpreter.set_tensor(self._input["index"], batch.astype(self._input["dtype"], copy=False))
         self.interpreter.invoke()
-        return np.array(self.interpreter.get_tensor(self._output["index"]), dtype=np.float32)
+        out = np.array(self.interpreter.get_tensor(self._output["index"]), dtype=np.float32)
+        # A full-integer model's softmax is int8, in steps of 1/256: its rows sum to 1 only within
+        # about 0.01 (evaluation then took them for logits). Rescaled, they are probabilities again.
+        sums = out.sum(axis=-1, keepdims=True)
+        if out.ndim == 2 and (out >= 0).all() and (np.abs(sums - 1) < 0.05).all():
+            out /= sums
+        return out
