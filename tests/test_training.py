@@ -499,13 +499,15 @@ def test_only_a_start_model_of_ours_gives_its_crop_size(tmp_path):
     model = tmp_path / "m.keras"
     model.write_bytes(b"not read: only the sidecar is")
     atomic_write_json(model.with_suffix(".json"), {"class_names": ["a", "b"], "image_size": 48, "crop_size": 40})
-    assert start_crop_size(TrainSettings(weights=str(model))) == 40
-    assert start_crop_size(TrainSettings(weights="none", initial_model=model)) == 40
-    assert start_crop_size(TrainSettings(weights="none")) == config.CROP_SIZE
-    assert start_crop_size(TrainSettings(weights="imagenet")) == config.CROP_SIZE
-    assert start_crop_size(TrainSettings(weights=str(tmp_path / "missing.keras"))) == config.CROP_SIZE
+    assert start_crop_size(TrainSettings(weights=str(model)), 48) == 40
+    assert start_crop_size(TrainSettings(weights="none", initial_model=model), 48) == 40
+    assert start_crop_size(TrainSettings(weights="none"), 48) == config.CROP_SIZE
+    assert start_crop_size(TrainSettings(weights="imagenet"), 48) == config.CROP_SIZE
+    assert start_crop_size(TrainSettings(weights=str(tmp_path / "missing.keras")), 48) == config.CROP_SIZE
+    # data of another size: the model cannot start this run anyway (building it says why), so no crop
+    assert start_crop_size(TrainSettings(weights=str(model)), 64) == config.CROP_SIZE
     model.with_suffix(".json").unlink()  # no sidecar: nothing says it was trained on crops
-    assert start_crop_size(TrainSettings(weights=str(model))) == 0
+    assert start_crop_size(TrainSettings(weights=str(model)), 48) == 0
 
 
 def test_missing_start_model_is_a_user_error(arrays, tmp_path):

@@ -109,10 +109,11 @@ class TrainSettings:
         return self.weights != "none"
 
 
-def start_crop_size(settings: TrainSettings) -> int:
+def start_crop_size(settings: TrainSettings, image_size: int) -> int:
     """The crop size of a run that does not set one: the starting model's (its sidecar's), so
     fine-tuning the shipped model keeps the input it was trained on, and at that model's cost
-    per image; config.CROP_SIZE when training starts from ImageNet, a weights file or scratch."""
+    per image; config.CROP_SIZE when training starts from ImageNet, a weights file or scratch,
+    or when the model takes another image size than the data (loading it then says so)."""
     from fervgg.emotion_model import is_model_file, model_info, resolve_weights
 
     if settings.initial_model is not None:
@@ -123,7 +124,8 @@ def start_crop_size(settings: TrainSettings) -> int:
         return config.CROP_SIZE
     if not start.is_file():
         return config.CROP_SIZE  # the "model to start from not found" error comes with the model
-    crop = model_info(start).crop_size
+    info = model_info(start)
+    crop = info.crop_size if info.image_size == image_size else config.CROP_SIZE
     if crop:
         print(f"crop size {crop}: the starting model's ({start.name} was trained on {crop}x{crop} crops; "
               "`crop_size` 0 turns cropping off)")
@@ -167,7 +169,7 @@ def train(settings: TrainSettings) -> TrainResult:
     """Train (or resume) the run `settings` describe; progress goes to stdout."""
     meta = read_meta(settings.data_dir)
     if settings.crop_size is None:
-        settings = dataclasses.replace(settings, crop_size=start_crop_size(settings))
+        settings = dataclasses.replace(settings, crop_size=start_crop_size(settings, meta["image_size"]))
     train_split = load_split(settings.data_dir, "train", meta)
     val_split = load_split(settings.data_dir, "val", meta)
     if settings.crop_size and not 32 <= settings.crop_size < meta["image_size"]:
