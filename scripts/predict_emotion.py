@@ -181,7 +181,7 @@ def recognizer(args) -> EmotionRecognizer:
     notes = lambda text: print(text, file=sys.stderr)  # noqa: E731
     return EmotionRecognizer(args.model, models_dir=args.models_dir, backend=args.backend,
                              detector=None if args.no_detect else args.detector,
-                             tta=bool(args.video is None and (config.PHOTO_TTA if args.tta is None else args.tta)),
+                             tta=False if args.video is not None else args.tta,  # None: the photo default
                              threads=args.threads, max_megapixels=args.max_megapixels, notes=notes)
 
 
