@@ -492,6 +492,33 @@ def test_fine_tuning_keeps_the_start_models_crop_size_unless_told(tmp_path, caps
     assert model_info(tmp_path / "off" / "models" / config.BEST_MODEL).crop_size == 0
 
 
+def test_initial_model_starts_from_every_weight_of_a_model_of_ours(arrays, tmp_path, capsys):
+    """--weights none --initial-model M (how the second shipped model continued the first): the
+    run starts from all of M's weights, says so, and refuses a model of another layout."""
+    import keras
+    from fervgg.emotion_model import build_model
+
+    source = tmp_path / "start.keras"
+    start = build_model(len(config.CLASS_NAMES), SIZE, "none", dense_units=16, crop_size=0)
+    kernel = start.get_layer("vgg16").get_layer("block1_conv1").kernel
+    kernel.assign(np.full(kernel.shape, 0.0123, np.float32))
+    start.save(source)
+
+    flags = ("--weights", "none", "--initial-model", str(source), "--epochs", "1", "--steps-per-epoch", "1",
+             "--optimizer", "sgd", "--lr", "1e-9", "--weight-decay", "0")
+    assert run_training(arrays, tmp_path / "run", *flags) == 0
+    out = capsys.readouterr().out
+    assert f"starting from every weight of {source}" in out
+    assert "training VGG16-BN from start.keras's weights" in out
+    trained = keras.models.load_model(tmp_path / "run" / "models" / config.BEST_MODEL, safe_mode=True, compile=False)
+    np.testing.assert_allclose(trained.get_layer("vgg16").get_layer("block1_conv1").kernel, 0.0123, atol=1e-6)
+
+    other = tmp_path / "other.keras"
+    build_model(len(config.CLASS_NAMES), SIZE, "none", dense_units=8, crop_size=0).save(other)
+    with pytest.raises(FervggError, match="another layout"):
+        run_training(arrays, tmp_path / "bad", "--weights", "none", "--initial-model", str(other), "--epochs", "1")
+
+
 def test_only_a_start_model_of_ours_gives_its_crop_size(tmp_path):
     from fervgg.common import atomic_write_json
     from fervgg.train import start_crop_size

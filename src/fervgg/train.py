@@ -324,11 +324,11 @@ def copy_weights(source, model, path: Path) -> None:
 
 def data_seed(seed: int, phase: int, start_epoch: int) -> int:
     """The seed of a phase's shuffling and augmentation when it starts at `start_epoch`. A
-    resumed run must not reuse the fresh run's seed: each resume would replay the first epoch's
-    order of images (and many of its crops), already trained on (found while the long v2 run of
-    issue 18 jumped 4.4 points in training accuracy after one resume; a later resume showed no
-    jump, so that replay may not be the jump's only cause). A fresh start keeps the seed
-    earlier versions used."""
+    resumed run must not reuse the fresh run's seed: each resumed process would replay the run's
+    epoch orders from epoch 1 on (and many of its crops), already trained on (found in the long v2
+    run of issue 18: training accuracy jumped 4-7 points after resumes while validation slipped,
+    and fell back on trend once the seed changed). A fresh start keeps the seed earlier
+    versions used."""
     return seed + phase + 1_000_003 * start_epoch
 
 
@@ -348,7 +348,9 @@ def run_phase(run: TrainingRun, phase: int) -> PhaseResult:
         return PhaseResult(model_path, saved["best_val_accuracy"], saved["best_epoch"])
 
     what = ("head on a frozen VGG16" if settings.pretrained and phase == 1 else
-            f"top {settings.fine_tune_blocks} VGG16 blocks + head" if phase == 2 else "VGG16-BN from scratch")
+            f"top {settings.fine_tune_blocks} VGG16 blocks + head" if phase == 2 else
+            f"VGG16-BN from {Path(settings.initial_model).name}'s weights" if settings.initial_model is not None else
+            "VGG16-BN from scratch")
     print(f"\nphase {phase}: training {what}, lr {lr:g}, up to {epochs} epochs -> {model_path}")
     seed = data_seed(settings.seed, phase, initial_epoch)
     if initial_epoch:
