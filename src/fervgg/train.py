@@ -99,8 +99,8 @@ class TrainSettings:
         if self.initial_model is not None:
             if self.weights != "none":
                 raise FervggError("`initial_model` needs `weights` none (it replaces the starting weights)")
-            if str(self.initial_model) == "fer2013":
-                self.initial_model = Path(config.PRETRAINED_MODEL)
+            self.initial_model = Path(config.PRETRAINED_MODEL if str(self.initial_model) == "fer2013"
+                                      else self.initial_model)
         if self.run_name is not None:
             check_run_name(self.run_name)
 
@@ -117,7 +117,7 @@ def start_crop_size(settings: TrainSettings, image_size: int) -> int:
     from fervgg.emotion_model import is_model_file, model_info, resolve_weights
 
     if settings.initial_model is not None:
-        start = Path(settings.initial_model)
+        start = settings.initial_model
     elif is_model_file(settings.weights):
         start = Path(resolve_weights(settings.weights)).expanduser()
     else:
@@ -349,7 +349,7 @@ def run_phase(run: TrainingRun, phase: int) -> PhaseResult:
 
     what = ("head on a frozen VGG16" if settings.pretrained and phase == 1 else
             f"top {settings.fine_tune_blocks} VGG16 blocks + head" if phase == 2 else
-            f"VGG16-BN from {Path(settings.initial_model).name}'s weights" if settings.initial_model is not None else
+            f"VGG16-BN from {settings.initial_model.name}'s weights" if settings.initial_model is not None else
             "VGG16-BN from scratch")
     print(f"\nphase {phase}: training {what}, lr {lr:g}, up to {epochs} epochs -> {model_path}")
     seed = data_seed(settings.seed, phase, initial_epoch)
