@@ -126,6 +126,9 @@ def test_bad_inputs_raise_our_error_with_the_cli_message(rec, tmp_path):
         rec.predict(face_like(1), channels="hsv")
     with pytest.raises(FervggError, match="model not found"):
         EmotionRecognizer(tmp_path / "missing.keras")
+    for threads in (0, -2, 1.5, True):  # LiteRT would name the model file as the culprit
+        with pytest.raises(FervggError, match="threads must be a whole number"):
+            EmotionRecognizer(threads=threads)
 
 
 def test_fer_format_has_fer_keys_and_types(rec):

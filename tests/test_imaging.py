@@ -91,6 +91,18 @@ def test_16bit_scaling_is_consistent(tmp_path):
         assert g[0, 0] == round(high * 255 / 65535), (high, g)
 
 
+def test_wide_modes_scale_floats_by_range_and_integers_as_they_are(tmp_path):
+    """A float image in [0, 1] is stretched to 0-255; 32-bit integers up to 255 are kept as
+    they are (values 0 and 1 are near-black, not black and white)."""
+    floats = np.array([[1.0, 0.5], [0.0, 0.25]], dtype=np.float32)
+    Image.fromarray(floats, mode="F").save(tmp_path / "f.tif")
+    assert gray(tmp_path / "f.tif", 2).tolist() == [[255, 128], [0, 64]]
+    ints = np.array([[1, 0], [0, 1]], dtype=np.int32)
+    Image.fromarray(ints, mode="I").save(tmp_path / "i.tif")
+    assert Image.open(tmp_path / "i.tif").mode == "I"
+    assert gray(tmp_path / "i.tif", 2).tolist() == [[1, 0], [0, 1]]
+
+
 @pytest.mark.parametrize("name, kwargs, tolerance", [
     ("x.jpg", {"quality": 95}, 6),
     ("x.jpeg", {"quality": 95}, 6),

@@ -177,13 +177,14 @@ def _wide_to_gray(image: Image.Image) -> Image.Image:
 
 def _to_uint8(values: np.ndarray, full_scale: int | None = None) -> np.ndarray:
     """16/32-bit integer or float pixels to uint8, keeping relative brightness."""
+    is_float = np.issubdtype(values.dtype, np.floating)  # before the conversion below makes every array float
     values = values.astype(np.float64)
     if values.size == 0:
         return values.astype(np.uint8)
     high = values.max()
     if full_scale:
         scale = 255.0 / full_scale
-    elif np.issubdtype(values.dtype, np.floating) and high <= 1.0:
+    elif is_float and high <= 1.0:
         scale = 255.0
     elif high <= 255:
         scale = 1.0

@@ -89,6 +89,8 @@ class EmotionRecognizer:
             raise FervggError(f"unknown detector {detector!r}: choose one of {', '.join(faces.DETECTORS)}")
         if not max_megapixels > 0:
             raise FervggError(f"max_megapixels must be above 0, not {max_megapixels}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise FervggError(f"threads must be a whole number of at least 1 (None: every core), not {threads!r}")
         if model is not None:
             model = Path(model).expanduser()
         elif models_dir is None:
