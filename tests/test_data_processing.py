@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -427,6 +428,17 @@ def test_unknown_extra_class_is_used_with_warning(tmp_path, capsys):
     assert meta["counts"]["train"]["contempt"] + meta["counts"]["val"]["contempt"] == 2
     assert meta["totals"]["test"] == 2  # test/unknown/ was ignored
     assert any("contempt" in w for w in meta["warnings"])
+
+
+def test_a_validation_fraction_that_rounds_to_nothing_is_warned_with_a_fraction_that_works(tmp_path, capsys):
+    data = make_dataset(tmp_path / "data", {"happy": 5, "sad": 4}, {"happy": 1, "sad": 1})
+    meta = run(data, tmp_path / "out", "--val-fraction", "0.05")
+    assert meta["totals"]["val"] == 0
+    [warning] = [w for w in meta["warnings"] if "no validation images" in w]
+    assert warning in capsys.readouterr().err
+    suggested = re.search(r"--val-fraction ([0-9.]+)", warning).group(1)
+    meta = run(data, tmp_path / "out2", "--val-fraction", suggested)
+    assert meta["totals"]["val"] > 0 and not any("no validation images" in w for w in meta["warnings"])
 
 
 @pytest.mark.parametrize("train, match", [

@@ -388,6 +388,13 @@ def test_stale_arrays_and_missing_meta_fail_in_one_line(arrays, tmp_path):
         run_training(tmp_path / "nowhere", tmp_path, "--weights", "none")
 
 
+def test_an_empty_validation_split_is_refused_with_its_cause(arrays, tmp_path):
+    out = tmp_path / "no_val"  # 5 images per class: a 0.05 share rounds to none in every class
+    preprocess(PreprocessSettings(arrays.parent / "images", out, image_size=SIZE, val_fraction=0.05, workers=1))
+    with pytest.raises(FervggError, match=r"got \d+ and 0 .*larger `val_fraction`: on small classes it rounds to 0"):
+        run_training(out, tmp_path, "--weights", "none", "--epochs", "1")
+
+
 def test_bf16_trained_model_loads_as_float32_and_exports(tmp_path):
     """A model saved under mixed_bfloat16 (the CPU default) must export to LiteRT: bf16 ops
     would need TensorFlow's Flex delegate, which the LiteRT runtime does not have."""

@@ -14,6 +14,7 @@ atomically with meta.json last, so an interrupted run never leaves arrays that l
 from __future__ import annotations
 
 import hashlib
+import math
 import shutil
 import sys
 import time
@@ -162,6 +163,14 @@ def assign_splits(labels: np.ndarray, hashes: list[bytes], val_fraction: float,
     return np.array([group_split[first_of[h]] for h in hashes])
 
 
+def empty_val_warning(val_fraction: float, largest_class: int) -> str:
+    """Each class's share of validation images is rounded, so tiny classes give none at all."""
+    fix = (f"raise the validation fraction (e.g. --val-fraction {min(0.5, math.ceil(100 / largest_class) / 100):g})"
+           if largest_class > 1 else "add images: a class needs two to lend one to validation")
+    return (f"no validation images: a validation fraction of {val_fraction:g} rounds to 0 in every class (at most "
+            f"{largest_class} images each), and model_training.py needs some; {fix}")
+
+
 def duplicate_audit(hashes: dict[str, list[bytes]], labels: dict[str, np.ndarray],
                     paths: dict[str, list[str]], classes: list[str], source_train: str) -> dict:
     """Pixel-exact duplicates within the train folder, across splits, and label conflicts."""
@@ -290,6 +299,9 @@ def preprocess(settings: PreprocessSettings) -> Preprocessed:
         near_blank += [paths["test"][i] for i in np.flatnonzero(pixel_std(arrays["test"]) < blank)]
 
     counts = {s: {c: int((labels[s] == k).sum()) for k, c in enumerate(classes)} for s in config.SPLITS}
+    if settings.val_fraction > 0 and len(labels["val"]) == 0:
+        found.warnings.append(empty_val_warning(settings.val_fraction, max(counts["train"].values())))
+        print(f"warning: {found.warnings[-1]}", file=sys.stderr)
 
     def describe(sha: dict[str, str]) -> dict:
         return {

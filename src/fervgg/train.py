@@ -177,7 +177,8 @@ def train(settings: TrainSettings) -> TrainResult:
                           f"{meta['image_size']} (or 0 for no cropping)")
     if len(train_split.y) == 0 or len(val_split.y) == 0:
         raise FervggError(f"need training and validation images; got {len(train_split.y)} and "
-                          f"{len(val_split.y)} (re-run data_processing.py with a non-zero `val_fraction`)")
+                          f"{len(val_split.y)} (re-run data_processing.py with a larger `val_fraction`: "
+                          "on small classes it rounds to 0)")
     if len(meta["class_names"]) < 2:
         raise FervggError(f"{settings.data_dir} holds {len(meta['class_names'])} class(es) "
                           f"{meta['class_names']}: a classifier needs at least 2 classes (one folder per class)")
