@@ -54,6 +54,7 @@ def test_path_pil_and_numpy_inputs_give_the_same_faces(rec):
     same_faces(by_path, rec.predict(rgb))
     same_faces(by_path, rec.predict(rgb[..., ::-1].copy(), channels="bgr"))
     same_faces(by_path, rec.predict(rgb.astype(np.float32)))
+    same_faces(by_path, rec.predict(rgb.astype(np.float32) / 255))  # 0-1 floats, as matplotlib reads a PNG
     gray = rec.predict(np.asarray(image.convert("L")))  # colour is not needed to read an emotion
     assert [f.emotion for f in gray] == [face.emotion] and len(gray) == 1
 
@@ -83,6 +84,7 @@ def test_predict_crops_shapes(rec):
     crops = np.stack([face_like(s) for s in range(4)])
     assert len(rec.predict_crops(crops)) == 4
     same_faces(rec.predict_crops(crops), rec.predict_crops(crops[..., None]))
+    same_faces(rec.predict_crops(crops), rec.predict_crops(crops / 255.0))
     assert rec.predict_crops(np.zeros((0, 48, 48), np.uint8)) == []
     with pytest.raises(FervggError, match=r"must be \(N, 48, 48\)"):
         rec.predict_crops(np.zeros((2, 40, 40), np.uint8))

@@ -130,7 +130,7 @@ class EmotionRecognizer:
         return [self.faces_of(p) for p in prepared]
 
     def predict_crops(self, crops, batch_size: int = config.EVAL_BATCH_SIZE) -> list[Face]:
-        """Ready-made face crops, (N, S, S) or (N, S, S, 1) gray pixels 0-255 (S: the model's
+        """Ready-made face crops, (N, S, S) or (N, S, S, 1) gray pixels 0-255 or 0-1 floats (S: the model's
         input size, 48), no detection; each box is the whole crop."""
         crops = np.asarray(crops)
         if crops.ndim == 4 and crops.shape[-1] == 1:
@@ -281,7 +281,8 @@ def crop_faces(image: Image.Image, boxes: list[Box], size: int, margin: float = 
 
 
 def _as_uint8(array: np.ndarray, what: str) -> np.ndarray:
-    """Pixels 0-255 of any real dtype as uint8 (floats are rounded and clipped)."""
+    """Pixels of any real dtype as uint8: 0-255, or 0-1 for floats that stay within it (what
+    matplotlib's imread and scikit-image give); floats are rounded and clipped."""
     if array.dtype == np.uint8:
         return array
     if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
@@ -289,4 +290,6 @@ def _as_uint8(array: np.ndarray, what: str) -> np.ndarray:
     values = np.asarray(array, dtype=np.float64)
     if not np.isfinite(values).all():
         raise FervggError(f"{what} holds NaN or infinite values")
+    if np.issubdtype(array.dtype, np.floating) and values.size and 0 <= values.min() and values.max() <= 1:
+        values = values * 255  # a 0-255 image this dark would be black either way
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
