@@ -319,7 +319,7 @@ def test_help_mentions_both_data_sources(capsys):
 def test_model_with_other_class_count_is_refused_in_one_line(env, tmp_path):
     proc = cli("--model", str(env["models"] / "three_classes.keras"), "--data-dir", str(env["arrays"]),
                "--out-dir", str(tmp_path / "eval"), "--logs-dir", str(tmp_path / "logs"))
-    assert_one_line_error(proc, "3 outputs", "4 classes")
+    assert_one_line_error(proc, "3 outputs", f"the dataset in {env['arrays']} has 4 classes")
     assert not (tmp_path / "eval").exists()
 
 

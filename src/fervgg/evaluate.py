@@ -145,7 +145,7 @@ def _load_data(settings: EvalSettings, notes: Notes):
     """(image folder or None, the arrays' splits or None, where: words for messages)."""
     if settings.images is None:
         _meta, datasets = load_arrays(settings.data_dir, settings.split, notes)
-        return None, datasets, f"the arrays in {settings.data_dir}"
+        return None, datasets, f"the dataset in {settings.data_dir}"
     folder = ImageFolder(settings.images, settings.workers)
     for p in settings.model:  # decoded before TensorFlow starts its threads (decoding forks)
         info = model_info(p)
