@@ -386,6 +386,9 @@ def test_stale_arrays_and_missing_meta_fail_in_one_line(arrays, tmp_path):
         run_training(stale, tmp_path, "--weights", "none")
     with pytest.raises(FervggError, match="not found"):
         run_training(tmp_path / "nowhere", tmp_path, "--weights", "none")
+    (tmp_path / "placeholder").mkdir()  # as preprocessed_data/ in a fresh clone: nothing preprocessed yet
+    with pytest.raises(FervggError, match="no preprocessed data in .*run scripts/data_processing.py first"):
+        run_training(tmp_path / "placeholder", tmp_path, "--weights", "none")
 
 
 def test_an_empty_validation_split_is_refused_with_its_cause(arrays, tmp_path):

@@ -86,6 +86,9 @@ def read_meta(data_dir: Path) -> dict:
             "(run scripts/data_processing.py first, or pass `data_dir`)"
         )
     meta_path = data_dir / config.META_FILE
+    if not meta_path.is_file() and not any(data_dir.glob("*.npy")):  # a fresh clone's placeholder folder
+        raise FervggError(f"no preprocessed data in {data_dir} (run scripts/data_processing.py first, "
+                          "or pass `data_dir`)")
     if not meta_path.is_file():
         raise FervggError(
             f"{meta_path} is missing: the arrays in {data_dir} are incomplete or from an "
