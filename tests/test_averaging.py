@@ -106,7 +106,8 @@ def test_bad_input_is_one_line_before_any_work(tmp_path, capsys):
         averaging.average(averaging.AverageSettings([a, no_side], tmp_path / "x.keras"), notes=lambda t: None)
     for settings, words in ((dict(models=[a]), "at least two"), (dict(models=[a, a]), "given twice"),
                             (dict(models=[a, b], out=tmp_path / "x.h5"), ".keras file"),
-                            (dict(models=[a, b], out=a), "is one of the `models`")):
+                            (dict(models=[a, b], out=a), "is one of the `models`"),
+                            (dict(models=[a, tmp_path / "b.tflite"]), "b.tflite is not a Keras checkpoint")):
         with pytest.raises(FervggError, match=words):
             averaging.AverageSettings(**{"out": tmp_path / "x.keras", **settings})
     assert not (tmp_path / "x.keras").exists()
@@ -117,7 +118,8 @@ def test_bad_input_is_one_line_before_any_work(tmp_path, capsys):
         script("cli").run_cli(lambda: average_models.main(["--models", str(a), str(tmp_path / "none.keras"),
                                                             "--out", str(tmp_path / "y.keras")]))
     err = capsys.readouterr().err
-    assert missing.value.code == 2 and err.startswith("error: ") and "none.keras" in err and len(err.splitlines()) == 1
+    assert missing.value.code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1
+    assert "--models" in err and "none.keras not found" in err  # not another script's --model
 
 
 def test_help_names_every_flag(capsys):

@@ -92,6 +92,15 @@ def test_every_model_loader_says_the_same_for_a_folder_and_a_missing_file(tmp_pa
             load(tmp_path / "absent.tflite")
 
 
+def test_a_tflite_given_where_a_keras_model_is_needed_is_named_as_such(tmp_path):
+    """Averaging, export and --initial-model read Keras models; a .tflite there got Keras's
+    "File format not supported ... legacy SavedModel" paragraph."""
+    lite = tmp_path / "model.tflite"
+    lite.write_bytes(b"TFL3" + bytes(60))
+    with pytest.raises(FervggError, match=r"model.tflite is a LiteRT model: this step needs a Keras model \(.keras\)"):
+        emotion_model.load_model(lite)
+
+
 # ---------------------------------------------------------------- issue 21: hostile files
 
 NESTED = "[" * 200_000 + "]" * 200_000

@@ -43,6 +43,10 @@ class AverageSettings:
         self.out = Path(self.out)
         if len(self.models) < 2:
             raise FervggError("`models`: give at least two checkpoints to average")
+        if any(m.suffix.lower() not in (".keras", ".h5") for m in self.models):
+            other = next(m for m in self.models if m.suffix.lower() not in (".keras", ".h5"))
+            raise FervggError(f"`models`: {other.name} is not a Keras checkpoint (.keras): averaging reads "
+                              "Keras weights (a .tflite is exported from a .keras; average those)")
         if len({m.resolve() for m in self.models}) != len(self.models):
             raise FervggError("`models`: a checkpoint is given twice")
         if self.out.suffix != ".keras":
@@ -57,6 +61,8 @@ def average(settings: AverageSettings, notes: Notes | None = None) -> Path:
     """Write the averaged model and its sidecar to settings.out; returns that path."""
     notes = notes or print_note
     for path in settings.models:
+        if not path.exists():  # the generic "model not found" names another script's flag
+            raise FervggError(f"`models`: {path} not found")
         emotion_model.check_model_file(path)
     source = settings.sidecar or settings.models[-1]
     side = emotion_model.sidecar_path(source)

@@ -220,6 +220,9 @@ def load_model(model_path: Path, compile: bool = False, float32: bool = True):
     rounding is added at inference. Training passes float32=False to keep its policy.
     """
     model_path = check_model_file(model_path)
+    if model_path.suffix.lower() == ".tflite":
+        raise FervggError(f"{model_path} is a LiteRT model: this step needs a Keras model (.keras), e.g. the "
+                          "one it was exported from")
     if model_path.suffix == ".keras" and not zipfile.is_zipfile(model_path):
         raise FervggError(f"{model_path} exists but is not a valid Keras model file (a .keras file is a zip "
                         "archive; this one is damaged or truncated): re-train or re-copy it")
