@@ -6,9 +6,8 @@ statistics are averaged too, or, with --bn-data, measured again by the averaged 
 training images (usually better: judge both on validation data).
 
     python scripts/model_training.py ... --keep-epochs     # keeps models/epochs/<run name>/*.keras
-    python scripts/average_models.py --models models/epochs/RUN/phase1-epoch3[1-9].keras \\
-        models/epochs/RUN/phase1-epoch40.keras --sidecar models/best_model.keras \\
-        --bn-data preprocessed_data --out models/averaged.keras
+    python scripts/average_models.py --models models/epochs/RUN --last 10 \\
+        --sidecar models/best_model.keras --bn-data preprocessed_data --out models/averaged.keras
     python scripts/evaluate_model.py --model models/averaged.keras --split val
 
 The models must have one architecture; the sidecar (class names, training record) is
@@ -27,7 +26,11 @@ from fervgg.averaging import AverageSettings, average
 
 def parse_args(argv=None) -> AverageSettings:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--models", type=Path, nargs="+", required=True, help="the .keras checkpoints (two or more)")
+    p.add_argument("--models", type=Path, nargs="+", required=True,
+                   help="the .keras checkpoints (two or more), or one folder of kept epochs "
+                   "(models/epochs/<run name>/: its checkpoints in training order)")
+    p.add_argument("--last", type=number(int, 2, 100_000), default=None, metavar="N",
+                   help="average only the last N of --models (e.g. the last 10 epochs of a folder)")
     p.add_argument("--out", type=Path, required=True, help="the averaged .keras model to write")
     p.add_argument("--sidecar", type=Path, default=None,
                    help="a model of the same run whose JSON sidecar is copied (default: the last of --models)")

@@ -122,6 +122,31 @@ def test_bad_input_is_one_line_before_any_work(tmp_path, capsys):
     assert "--models" in err and "none.keras not found" in err  # not another script's --model
 
 
+def test_a_kept_epochs_folder_gives_its_checkpoints_in_training_order(tmp_path, capsys):
+    """`--models models/epochs/RUN --last N`: epoch 10 comes after epoch 9 (a file listing puts
+    it first); the sidecar comes from --sidecar."""
+    kept = tmp_path / "epochs" / "run"
+    kept.mkdir(parents=True)
+    model = small_model(1)
+    for phase, epoch in ((1, 1), (1, 2), (1, 9), (1, 10), (2, 1)):
+        model.save(kept / f"phase{phase}-epoch{epoch}.keras")
+    (kept / "notes.txt").write_text("not a checkpoint")
+    best = saved(small_model(1), tmp_path / "best_model.keras")
+    assert [p.name for p in averaging.AverageSettings([kept], tmp_path / "x.keras").models] == [
+        "phase1-epoch1.keras", "phase1-epoch2.keras", "phase1-epoch9.keras", "phase1-epoch10.keras",
+        "phase2-epoch1.keras"]
+    assert script("average_models").main(["--models", str(kept), "--last", "3", "--sidecar", str(best),
+                                          "--out", str(tmp_path / "avg.keras")]) == 0
+    info = json.loads((tmp_path / "avg.json").read_text())
+    assert [m["file"] for m in info["averaged_from"]["models"]] == [
+        "phase1-epoch9.keras", "phase1-epoch10.keras", "phase2-epoch1.keras"]
+    for settings, words in ((dict(models=[kept], last=6), "there are only 5 checkpoints"),
+                            (dict(models=[kept], last=1), "at least 2"),
+                            (dict(models=[tmp_path / "epochs"]), "holds no phaseP-epochE.keras checkpoints")):
+        with pytest.raises(FervggError, match=words):
+            averaging.AverageSettings(**{"out": tmp_path / "x.keras", **settings})
+
+
 def test_help_names_every_flag(capsys):
     with pytest.raises(SystemExit) as done:
         script("average_models").parse_args(["--help"])

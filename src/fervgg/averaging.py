@@ -16,6 +16,7 @@ image size, training record) is copied from `sidecar` (default: the last model's
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,19 +29,32 @@ from fervgg.common import (FervggError, atomic_save_keras, atomic_write_json, re
                            utc_now)
 
 
+CHECKPOINT_NAME = re.compile(r"phase(\d+)-epoch(\d+)\.keras")  # as training's keep_epochs names them
+
+
 @dataclass
 class AverageSettings:
-    models: list[Path] = field(default_factory=list)  # at least two .keras checkpoints of one run
+    models: list[Path] = field(default_factory=list)  # at least two .keras checkpoints of one run, or one
+    # kept-epochs folder (<models_dir>/epochs/<run name>/): its checkpoints in training order
     out: Path = Path("averaged.keras")  # the averaged model (its sidecar beside it)
     sidecar: Path | None = None  # the model whose sidecar is copied (default: the last of `models`)
     bn_data: Path | None = None  # a preprocessed data folder: re-measure batch-norm statistics on its train split
     bn_images: int = 4096  # training images for that
     batch_size: int = config.EVAL_BATCH_SIZE
     seed: int = config.SEED
+    last: int | None = None  # only the last N of `models` (in training order for a folder)
 
     def __post_init__(self):
         self.models = [Path(m) for m in self.models]
         self.out = Path(self.out)
+        if len(self.models) == 1 and self.models[0].is_dir():
+            self.models = kept_checkpoints(self.models[0])
+        if self.last is not None:
+            if self.last < 2:
+                raise FervggError("`last` must be at least 2: averaging takes two or more checkpoints")
+            if self.last > len(self.models):
+                raise FervggError(f"`last` {self.last}: there are only {len(self.models)} checkpoints")
+            self.models = self.models[-self.last:]
         if len(self.models) < 2:
             raise FervggError("`models`: give at least two checkpoints to average")
         if any(m.suffix.lower() not in (".keras", ".h5") for m in self.models):
@@ -55,6 +69,16 @@ class AverageSettings:
             raise FervggError(f"`out` {self.out} is one of the `models`: write the average elsewhere")
         if self.bn_images < 1 or self.batch_size < 1:
             raise FervggError("`bn_images` and `batch_size` must be at least 1")
+
+
+def kept_checkpoints(folder: Path) -> list[Path]:
+    """The phase<P>-epoch<E>.keras files of a kept-epochs folder, in training order (epoch 10
+    after epoch 9, which a sorted file listing gets wrong)."""
+    found = [(int(m[1]), int(m[2]), p) for p in folder.iterdir() if (m := CHECKPOINT_NAME.fullmatch(p.name))]
+    if not found:
+        raise FervggError(f"`models`: {folder} holds no phaseP-epochE.keras checkpoints (train with "
+                          "`keep_epochs` to keep them)")
+    return [p for _, _, p in sorted(found)]
 
 
 def average(settings: AverageSettings, notes: Notes | None = None) -> Path:
