@@ -59,6 +59,22 @@ def test_path_pil_and_numpy_inputs_give_the_same_faces(rec):
     assert [f.emotion for f in gray] == [face.emotion] and len(gray) == 1
 
 
+@needs_photos
+def test_file_bytes_and_binary_file_objects_give_the_same_faces(rec, tmp_path, monkeypatch):
+    """An app's upload arrives as bytes or as a file object (io.BytesIO, a framework's upload)."""
+    by_path = rec.predict(OBAMA)
+    data = OBAMA.read_bytes()
+    same_faces(by_path, rec.predict(data))
+    same_faces(by_path, rec.predict(io.BytesIO(data)))
+    with open(OBAMA, "rb") as opened:
+        same_faces(by_path, rec.predict(opened))
+    with open(OBAMA, encoding="latin-1") as text, pytest.raises(FervggError, match="binary mode"):
+        rec.predict(text)
+    monkeypatch.setattr(config, "MAX_FILE_BYTES", 1000)  # a huge stream is refused, never read whole
+    with pytest.raises(FervggError, match="file too large"):
+        rec.predict(io.BytesIO(data))
+
+
 def test_no_face_is_an_empty_list(rec):
     assert rec.predict(np.full((240, 320, 3), 128, np.uint8)) == []
     assert rec.predict_many([np.zeros((100, 100), np.uint8)] * 2) == [[], []]

@@ -118,8 +118,9 @@ class EmotionRecognizer:
     # -------------------------------------------------------------------------- photos
 
     def predict(self, image, *, detect: bool = True, channels: str = "rgb") -> list[Face]:
-        """The faces of one image (a path, the bytes of an image file, a PIL image or a numpy
-        array, RGB or gray; channels="bgr" for OpenCV frames). detect=False: the image is one face."""
+        """The faces of one image (a path, the bytes of an image file or a binary file object, a PIL
+        image or a numpy array, RGB or gray; channels="bgr" for OpenCV frames). detect=False: the
+        image is one face."""
         return self.predict_many([image], detect=detect, channels=channels)[0]
 
     def predict_many(self, images: Iterable, batch_size: int = config.EVAL_BATCH_SIZE, *, detect: bool = True,
@@ -203,6 +204,8 @@ class EmotionRecognizer:
         """(RGB image, a name for messages, file pixels per decoded pixel)."""
         if channels not in CHANNEL_ORDERS:
             raise FervggError(f"channels must be one of {', '.join(CHANNEL_ORDERS)}, not {channels!r}")
+        if hasattr(image, "read"):  # an open file, io.BytesIO, a web framework's upload
+            image = _read_stream(image)
         if isinstance(image, (str, Path, bytes, bytearray, memoryview)):  # a file, or its contents (an upload)
             source = Path(image).expanduser() if isinstance(image, (str, Path)) else image
             where = f"{source}: " if isinstance(source, Path) else ""
@@ -223,7 +226,8 @@ class EmotionRecognizer:
                 raise imaging.BadImage(f"cannot convert {image.mode} pixels to RGB ({exc})") from None
         if isinstance(image, np.ndarray):
             return self._from_array(image, channels), "array", 1.0
-        raise FervggError(f"an image must be a path, a PIL image or a numpy array (or an image file's bytes), "
+        raise FervggError(f"an image must be a path, a PIL image or a numpy array (or an image file's bytes or "
+                          "a binary file object), "
                           f"not {type(image).__name__}")
 
     def _from_array(self, array: np.ndarray, channels: str) -> Image.Image:
@@ -278,6 +282,17 @@ def crop_faces(image: Image.Image, boxes: list[Box], size: int, margin: float = 
 
     width, height = image.size
     return [imaging.gray_array(image.crop(crop_box(b, width, height, margin)), size) for b in boxes]
+
+
+def _read_stream(stream) -> bytes:
+    """The contents of a binary file object, read to at most one byte past the file size limit
+    (so that an endless or huge stream is refused as too large, not held in memory)."""
+    data = stream.read(config.MAX_FILE_BYTES + 1)
+    if isinstance(data, str):
+        raise FervggError("an image file object must be opened in binary mode ('rb'), not text mode")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise FervggError(f"an image file object's read() gave {type(data).__name__}, not bytes")
+    return data
 
 
 def _as_uint8(array: np.ndarray, what: str) -> np.ndarray:
