@@ -75,6 +75,15 @@ def test_file_bytes_and_binary_file_objects_give_the_same_faces(rec, tmp_path, m
         rec.predict(io.BytesIO(data))
 
 
+def test_a_url_an_empty_string_and_a_folder_are_named_as_such(rec, tmp_path):
+    for image, words in (("https://example.com/face.jpg", "https://example.com/face.jpg is a URL: images are "
+                          "read from local files only"), ("", "an empty string is not an image path"),
+                         ("  ", "an empty string"), (str(tmp_path), "is a folder: predict takes one image"),
+                         (tmp_path, "is a folder")):
+        with pytest.raises(FervggError, match=words):
+            rec.predict(image)
+
+
 def test_no_face_is_an_empty_list(rec):
     assert rec.predict(np.full((240, 320, 3), 128, np.uint8)) == []
     assert rec.predict_many([np.zeros((100, 100), np.uint8)] * 2) == [[], []]

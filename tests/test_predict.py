@@ -310,6 +310,8 @@ def test_missing_path_and_empty_folder_are_user_errors(model_path, tmp_path):
         predict_emotion.main(["--image_path", str(tmp_path / "empty"), *litert(model_path)])
     with pytest.raises(FervggError, match="no image files match"):
         predict_emotion.main(["--image_path", str(tmp_path / "*.jpg"), *litert(model_path)])
+    with pytest.raises(FervggError, match="is a URL: images are read from local files only; download it first"):
+        predict_emotion.main(["--image_path", "https://example.com/face.jpg", *litert(model_path)])
 
 
 # ------------------------------------------------------------------------------ untrusted files

@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from pathlib import Path
 
 from fervgg import config, imaging
 from fervgg.common import FervggError, printable, same_path
 
 GLOB_CHARS = set("*?[")
+URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def refuse_url(spec: str) -> None:
+    """A URL given as an image path is named as such (Path() would mangle it into a missing
+    file "https:/host/..."): nothing is downloaded."""
+    if URL.match(spec):
+        raise FervggError(f"{printable(spec)} is a URL: images are read from local files only; download it first")
 
 
 def is_image_name(path: Path) -> bool:
@@ -29,6 +38,7 @@ def resolve_inputs(specs: list[str]) -> list[Path]:
     """
     files: list[Path] = []
     for spec in specs:
+        refuse_url(spec)
         path = Path(spec).expanduser()
         if path.is_file():
             files.append(path)

@@ -28,6 +28,7 @@ from PIL import Image
 from fervgg import config, imaging
 from fervgg.classifiers import open_classifier
 from fervgg.common import FervggError
+from fervgg.inputs import refuse_url
 
 Box = tuple[int, int, int, int]
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -207,7 +208,11 @@ class EmotionRecognizer:
         if hasattr(image, "read"):  # an open file, io.BytesIO, a web framework's upload
             image = _read_stream(image)
         if isinstance(image, (str, Path, bytes, bytearray, memoryview)):  # a file, or its contents (an upload)
+            if isinstance(image, str):
+                _check_path_text(image)
             source = Path(image).expanduser() if isinstance(image, (str, Path)) else image
+            if isinstance(source, Path) and source.is_dir():
+                raise FervggError(f"{source} is a folder: predict takes one image (predict_many takes several)")
             where = f"{source}: " if isinstance(source, Path) else ""
             # Big JPEGs decode at a fraction of their size: faces need far less than 20 Mpx.
             try:
@@ -282,6 +287,12 @@ def crop_faces(image: Image.Image, boxes: list[Box], size: int, margin: float = 
 
     width, height = image.size
     return [imaging.gray_array(image.crop(crop_box(b, width, height, margin)), size) for b in boxes]
+
+
+def _check_path_text(text: str) -> None:
+    if not text.strip():
+        raise FervggError("an empty string is not an image path")
+    refuse_url(text)
 
 
 def _read_stream(stream) -> bytes:
