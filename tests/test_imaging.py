@@ -167,3 +167,18 @@ def test_pixel_limit_applies_to_the_decoded_size(tmp_path):
     finally:
         imaging.set_max_pixels(config.MAX_IMAGE_PIXELS)
     assert imaging.decoded_scale(imaging.open_image(path)) == 1
+
+
+def test_a_broken_link_and_a_pipe_are_named_as_such(tmp_path):
+    """Found in folders given to predict_emotion.py: a dangling link read "No such file", a FIFO
+    "empty file (0 bytes)" (and a FIFO with a writer would block the read)."""
+    import os
+
+    (tmp_path / "broken.jpg").symlink_to(tmp_path / "gone.jpg")
+    with pytest.raises(imaging.BadImage, match="a broken symbolic link \\(to .*gone.jpg, which does not exist\\)"):
+        imaging.open_image(tmp_path / "broken.jpg")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    with pytest.raises(imaging.BadImage, match="not a regular file"):
+        imaging.open_image(tmp_path / "pipe.jpg")
+    with pytest.raises(imaging.BadImage, match="No such file or directory"):
+        imaging.open_image(tmp_path / "absent.jpg")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -88,9 +89,16 @@ def open_image(path: Path | bytes, max_pixels: int | None = None, draft_size: in
     else:
         data = None
         try:
-            size = os.stat(path).st_size
+            info = os.stat(path)
+        except FileNotFoundError:
+            if os.path.islink(path):
+                raise BadImage(f"a broken symbolic link (to {os.readlink(path)}, which does not exist)") from None
+            raise BadImage("cannot read file (No such file or directory)") from None
         except OSError as exc:
             raise BadImage(f"cannot read file ({exc.strerror or exc})") from None
+        if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block the read, or never end
+            raise BadImage("not a regular file (a pipe, socket or device)")
+        size = info.st_size
     if size == 0:
         raise BadImage("empty file (0 bytes)")
     if size > config.MAX_FILE_BYTES:
