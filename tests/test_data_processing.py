@@ -209,7 +209,7 @@ def test_bad_files_are_skipped_and_listed(tmp_path, capsys):
     reasons = bad_reasons(meta)
     assert set(reasons) == {"broken_link.png", "loop.png", "truncated.jpg", "truncated.png",
                             "empty.png", "notes.jpg", "bomb.png", "huge_bomb.png"}
-    assert reasons["broken_link.png"].startswith("cannot read file")
+    assert reasons["broken_link.png"].startswith("a broken symbolic link (to ")
     assert reasons["loop.png"].startswith("cannot read file")
     assert "truncated" in reasons["truncated.jpg"]
     assert "truncated" in reasons["truncated.png"]
