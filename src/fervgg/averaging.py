@@ -57,8 +57,8 @@ class AverageSettings:
             self.models = self.models[-self.last:]
         if len(self.models) < 2:
             raise FervggError("`models`: give at least two checkpoints to average")
-        if any(m.suffix.lower() not in (".keras", ".h5") for m in self.models):
-            other = next(m for m in self.models if m.suffix.lower() not in (".keras", ".h5"))
+        other = next((m for m in self.models if m.suffix.lower() not in (".keras", ".h5")), None)
+        if other is not None:
             raise FervggError(f"`models`: {other.name} is not a Keras checkpoint (.keras): averaging reads "
                               "Keras weights (a .tflite is exported from a .keras; average those)")
         if len({m.resolve() for m in self.models}) != len(self.models):
