@@ -110,6 +110,9 @@ def parse_args(argv=None) -> TrainSettings:
                    f"is a model of ours (fer2013, a .keras) or --initial-model is given, else {config.CROP_SIZE}")
     a.add_argument("--aug-erasing", type=number(float, **R["aug_erasing"]), default=config.AUG_ERASING,
                    help="probability of erasing a random rectangle")
+    a.add_argument("--aug-mixup", type=number(float, **R["aug_mixup"]), default=config.AUG_MIXUP, metavar="ALPHA",
+                   help="mixup: each training batch is mixed with itself in another order, images and labels, "
+                   "by one weight drawn from Beta(ALPHA, ALPHA) per batch (0: off; 0.2-1 are usual)")
     h = p.add_argument_group("hardware")
     h.add_argument("--precision", choices=PRECISIONS,
                    default=config.PRECISION, help="auto: mixed_float16 on GPU, mixed_bfloat16 on CPUs with "

@@ -287,6 +287,47 @@ def test_a_resumed_phase_does_not_replay_the_first_epochs_batches(arrays):
     assert not np.array_equal(fresh, resumed)
 
 
+def test_mixup_mixes_each_batch_with_itself_images_and_labels_alike(arrays):
+    """Every mixed image is w * a + (1 - w) * b of two images of its batch, with the same w and
+    the same two images in its label; the weight changes from batch to batch."""
+    from fervgg.artifacts import load_split
+    from fervgg.training import Augmentation, make_dataset
+
+    train = load_split(arrays, "train")
+    off = Augmentation(flip=False, rotation_deg=0, zoom=0, shift=0, erasing=0, crop=0, mixup=0.0)
+    plain = make_dataset(train.x, train.y, 8, 7, 5, off)
+    mixed = make_dataset(train.x, train.y, 8, 7, 5, Augmentation(**{**off.__dict__, "mixup": 1.0}))
+    weights = []
+    for (x, y), (mx, my) in zip(plain.take(3), mixed.take(3)):
+        x, y, mx, my = (np.asarray(t, np.float64) for t in (x, y, mx, my))
+        np.testing.assert_allclose(my.sum(1), 1, atol=1e-6)
+        for i in range(len(x)):
+            # the partner: the image whose mix with x[i] gives mx[i] for one w in [0, 1]
+            fits = []
+            for j in range(len(x)):
+                d = x[i] - x[j]
+                w = 1.0 if not d.any() else float(np.dot((mx[i] - x[j]).ravel(), d.ravel()) / np.dot(d.ravel(),
+                                                                                                     d.ravel()))
+                if np.allclose(w * x[i] + (1 - w) * x[j], mx[i], atol=1e-3):
+                    fits.append((j, w))
+            assert fits, "a mixed image is not a mix of two images of its batch"
+            assert any(np.allclose(w * y[i] + (1 - w) * y[j], my[i], atol=1e-4) for j, w in fits)
+            weights += [w for _, w in fits if 0 <= w <= 1]
+    assert len({round(w, 4) for w in weights}) > 2
+
+
+def test_mixup_is_a_checked_setting_in_the_config_and_the_fingerprint(tmp_path):
+    from fervgg import resume
+    from fervgg.train import TrainSettings
+
+    with pytest.raises(FervggError, match="aug_mixup"):
+        TrainSettings(data_dir=tmp_path, aug_mixup=-1)
+    meta = {"sha256": {}, "class_names": ["a"], "image_size": SIZE}
+    base = resume.settings_fingerprint(TrainSettings(data_dir=tmp_path), meta)
+    assert resume.settings_fingerprint(TrainSettings(data_dir=tmp_path, aug_mixup=0.0), meta) == base
+    assert resume.settings_fingerprint(TrainSettings(data_dir=tmp_path, aug_mixup=0.2), meta) != base
+
+
 def test_resume_refuses_other_settings(arrays, tmp_path):
     from fervgg import resume
 
@@ -577,7 +618,7 @@ def test_fine_tuning_from_a_model_with_the_plain_vgg16_backbone(arrays, tmp_path
 @pytest.mark.parametrize("flag,value", [
     ("--lr", "nan"), ("--lr", "0"), ("--fine-tune-lr", "inf"), ("--time-budget", "nan"),
     ("--time-budget", "0"), ("--steps-per-epoch", "0"), ("--aug-rotation", "-5"), ("--aug-zoom", "nan"),
-    ("--aug-erasing", "1.5"), ("--dropout", "1"), ("--epochs", "0"), ("--batch-size", "-8"),
+    ("--aug-erasing", "1.5"), ("--aug-mixup", "-0.2"), ("--dropout", "1"), ("--epochs", "0"), ("--batch-size", "-8"),
     ("--weight-decay", "-1e-3"), ("--label-smoothing", "nan"), ("--warmup-epochs", "-1"),
     ("--patience", "0"), ("--dense-units", "0"), ("--lr", "ten"),
 ])
@@ -663,7 +704,7 @@ def test_auto_precision_respects_a_onednn_isa_cap(monkeypatch):
 def test_train_from_settings_without_a_command_line(arrays, tmp_path, capsys):
     settings = TrainSettings(data_dir=arrays, models_dir=tmp_path / "models", logs_dir=tmp_path / "logs",
                              run_name="lib", weights="none", epochs=1, steps_per_epoch=2, batch_size=8,
-                             precision="float32", dense_units=16)
+                             precision="float32", dense_units=16, aug_mixup=0.3)
     result = train(settings)
     assert set(result.phases) == {1}
     phase = result.phases[1]
@@ -672,13 +713,15 @@ def test_train_from_settings_without_a_command_line(arrays, tmp_path, capsys):
     assert result.run_name == "lib" and result.run_dir == tmp_path / "logs" / "lib"
     info = json.loads(phase.model_path.with_suffix(".json").read_text())
     assert info["config"]["models_dir"] == str(tmp_path / "models")  # Paths as text, as the flags gave
-    # The keys (and order) the sidecars of the argparse-based script had.
+    assert info["config"]["aug_mixup"] == 0.3
+    # The keys (and order) the sidecars of the argparse-based script had (aug_mixup since 2026-12-04).
     assert list(info["config"]) == [
         "data_dir", "models_dir", "logs_dir", "run_name", "weights", "initial_model", "dense_units", "dropout",
         "epochs", "fine_tune_epochs", "batch_size", "lr", "fine_tune_lr", "fine_tune_blocks", "optimizer",
         "weight_decay", "warmup_epochs", "label_smoothing", "class_weights", "patience", "lr_patience",
         "lr_schedule", "time_budget", "steps_per_epoch", "seed", "fresh", "keep_epochs", "augment", "aug_flip",
-        "aug_rotation", "aug_zoom", "aug_shift", "crop_size", "aug_erasing", "precision", "distribute", "logical_cpus"]
+        "aug_rotation", "aug_zoom", "aug_shift", "crop_size", "aug_erasing", "aug_mixup", "precision", "distribute",
+        "logical_cpus"]
 
 
 def test_the_package_needs_no_command_line_and_changes_nothing_on_import():

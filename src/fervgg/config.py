@@ -92,6 +92,7 @@ AUG_ROTATION_DEG: float = 10.0
 AUG_ZOOM: float = 0.1
 AUG_SHIFT: float = 0.1
 AUG_ERASING: float = 0.25  # probability of erasing one random rectangle per image
+AUG_MIXUP: float = 0.0  # mixup's alpha (0: off): each batch mixed with itself shuffled, Beta(alpha, alpha)
 
 # --- Evaluation / prediction ---
 EVAL_BATCH_SIZE: int = 256

@@ -32,6 +32,8 @@ def settings_fingerprint(settings, meta: dict) -> str:
                      settings.aug_erasing]
     if settings.crop_size:  # absent from fingerprints of runs made before cropping existed
         chosen["aug"].append(settings.crop_size)
+    if settings.aug_mixup:  # likewise for mixup
+        chosen["aug"].append(["mixup", settings.aug_mixup])
     if settings.initial_model:
         chosen["initial_model"] = str(settings.initial_model)
     chosen["data"] = meta["sha256"]

@@ -72,6 +72,7 @@ class TrainSettings:
     aug_shift: float = config.AUG_SHIFT
     crop_size: int | None = None  # None: the starting model's when it is one of ours, else config.CROP_SIZE
     aug_erasing: float = config.AUG_ERASING
+    aug_mixup: float = config.AUG_MIXUP  # mixup's alpha, 0: off
     precision: str = config.PRECISION  # fervgg.hardware.PRECISIONS
     distribute: str = "auto"  # fervgg.hardware.DISTRIBUTE_MODES
     logical_cpus: int = 0
@@ -86,6 +87,7 @@ class TrainSettings:
         "time_budget": {"above": 0}, "steps_per_epoch": {"low": 1}, "seed": {"low": 0},
         "aug_rotation": {"low": 0, "high": 180}, "aug_zoom": {"low": 0, "below": 1},
         "aug_shift": {"low": 0, "below": 1}, "crop_size": {"low": 0}, "aug_erasing": {"low": 0, "high": 1},
+        "aug_mixup": {"low": 0, "high": 10},
         "logical_cpus": {"low": 0, "high": 64},
     }
 
@@ -361,7 +363,8 @@ def run_phase(run: TrainingRun, phase: int) -> PhaseResult:
     n_classes = len(run.meta["class_names"])
     replicas = run.strategy.num_replicas_in_sync
     augmentation = Augmentation(settings.aug_flip, settings.aug_rotation, settings.aug_zoom, settings.aug_shift,
-                                settings.aug_erasing, settings.crop_size) if settings.augment else None
+                                settings.aug_erasing, settings.crop_size,
+                                settings.aug_mixup) if settings.augment else None
     train_ds = make_dataset(run.train.x, run.train.y, settings.batch_size, n_classes, seed, augmentation,
                             shuffle=True, replicas=replicas)
     val_ds = make_dataset(run.val.x, run.val.y, settings.batch_size, n_classes, seed, replicas=replicas)

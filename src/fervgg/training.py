@@ -36,6 +36,7 @@ class Augmentation:
     shift: float = config.AUG_SHIFT
     erasing: float = config.AUG_ERASING
     crop: int = config.CROP_SIZE  # random crop side (0: none), see random_crops
+    mixup: float = config.AUG_MIXUP  # mixup's alpha (0: none), see mix_batch; after the others
 
     def layers(self, seed: int):
         """A function (images, training=True) -> augmented images (geometry, random crop,
@@ -88,6 +89,20 @@ def random_crops(images, crop: int, seed: int):
     return tf.pad(out, [[0, 0], [before, after], [before, after], [0, 0]])
 
 
+def mix_batch(images, labels, alpha: float, seed: int):
+    """Mixup (Zhang et al. 2018): the batch mixed with itself in a random order, images and
+    one-hot labels alike, by one weight w ~ Beta(alpha, alpha): w * a + (1 - w) * b."""
+    import tensorflow as tf
+
+    # Beta(a, a) as X / (X + Y) with X, Y ~ Gamma(a): tf.random has no beta sampler.
+    x, y = tf.random.gamma((), alpha, seed=seed), tf.random.gamma((), alpha, seed=None if seed is None else seed + 1)
+    w = x / (x + y)
+    order = tf.random.shuffle(tf.range(tf.shape(images)[0]), seed=seed)
+    mixed_images = w * images + (1 - w) * tf.gather(images, order)
+    mixed_labels = w * labels + (1 - w) * tf.gather(labels, order)
+    return mixed_images, mixed_labels
+
+
 def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
     """Inverse-frequency weights (mean 1 over samples); classes absent from y get 0."""
     counts = np.bincount(y, minlength=n_classes)
@@ -115,11 +130,14 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, n_classes: int, 
         ds = ds.take(len(x) - len(x) % replicas)
     ds = ds.batch(batch_size)
     aug = augmentation.layers(seed) if augmentation is not None else None
+    mixup = augmentation.mixup if augmentation is not None else 0.0
 
     def to_float(images, labels):
         images = tf.cast(images, tf.float32)
         if aug is not None:
             images = aug(images, training=True)
+        if mixup > 0:
+            images, labels = mix_batch(images, labels, mixup, seed)
         return images, labels
 
     return ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
