@@ -78,6 +78,19 @@ def test_a_returned_weight_set_becomes_a_model_of_ours(tmp_path, monkeypatch):
     assert "gpu_train.py" in info.sidecar["config"]["trainer"]
 
 
+def test_distillation_targets_mix_the_teachers_and_the_labels():
+    gpu_train = tool("gpu_train")
+    y = np.array([0, 2, 1])
+    np.testing.assert_array_equal(gpu_train.training_targets(y, 3), np.eye(3)[y])
+    teacher = np.array([[2, 1, 1], [0, 0, 1], [1, 1, 0]], np.float32)  # rows need not sum to 1
+    got = gpu_train.training_targets(y, 3, teacher, 0.75)
+    np.testing.assert_allclose(got, 0.75 * teacher / teacher.sum(1, keepdims=True) + 0.25 * np.eye(3)[y])
+    np.testing.assert_allclose(got.sum(1), 1, rtol=1e-6)
+    for bad in (teacher[:2], -teacher, teacher * np.nan):
+        with pytest.raises(SystemExit, match="teacher"):
+            gpu_train.training_targets(y, 3, bad, 0.5)
+
+
 def test_importing_the_trainer_leaves_the_keras_backend_alone(monkeypatch):
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
     tool("gpu_train")

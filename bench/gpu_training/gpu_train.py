@@ -68,6 +68,22 @@ def pack_data(src: str, dst: str):
         shutil.copy(os.path.join(src, name), dst)
 
 
+def training_targets(y, n_classes: int, teacher=None, weight: float = 0.0):
+    """One-hot labels, or for distillation weight * the teachers' probabilities (rows renormalised)
+    + (1 - weight) * one-hot."""
+    onehot = np.eye(n_classes, dtype=np.float32)[y]
+    if teacher is None:
+        return onehot
+    teacher = np.asarray(teacher, np.float32)
+    if teacher.shape != onehot.shape or not np.isfinite(teacher).all() or (teacher < 0).any() \
+            or not (teacher.sum(1) > 0).all():
+        raise SystemExit(f"teacher: expected non-negative finite probabilities of shape {onehot.shape}, "
+                         f"got {teacher.shape}")
+    if not 0 <= weight <= 1:
+        raise SystemExit(f"teacher weight {weight} is not in [0, 1]")
+    return weight * teacher / teacher.sum(1, keepdims=True) + (1 - weight) * onehot
+
+
 def build_layers():
     import keras
     from keras import layers, ops
@@ -181,6 +197,8 @@ def main():
     p.add_argument("--wd", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--mixup", type=float, default=0.0)
+    p.add_argument("--teacher", help="(N, 7) .npy of teacher probabilities for the training images, in order")
+    p.add_argument("--teacher-weight", type=float, default=0.7, help="share of the teacher in the target")
     p.add_argument("--erasing", type=float, default=0.5)
     p.add_argument("--crop", type=int, default=40)
     p.add_argument("--dropout", type=float, default=0.2)
@@ -220,21 +238,27 @@ def main():
         write_atomic(os.path.join(a.work, f"{a.run}.json"), json.dumps(record, indent=1).encode())
 
     x_train, y_train, x_val, y_val = load_data(a.data)
+    n_classes = 7
+    onehot = np.eye(n_classes, dtype=np.float32)
+    teacher = np.load(a.teacher, allow_pickle=False) if a.teacher else None
+    targets = training_targets(y_train, n_classes, teacher, a.teacher_weight)
+    if teacher is not None:
+        record["teacher_train_accuracy"] = float((teacher.argmax(1) == y_train).mean())
+        log(f"teacher {a.teacher}: agrees with the labels on {record['teacher_train_accuracy']:.4f} of train, "
+            f"weight {a.teacher_weight}")
     if a.limit:
         pick = np.sort(np.random.default_rng(0).permutation(len(x_train))[:a.limit])
-        x_train, y_train = x_train[pick], y_train[pick]
+        x_train, y_train, targets = x_train[pick], y_train[pick], targets[pick]
     if a.val_limit:
         pick = np.sort(np.random.default_rng(0).permutation(len(x_val))[:a.val_limit])
         x_val, y_val = x_val[pick], y_val[pick]
-    n_classes = 7
-    onehot = np.eye(n_classes, dtype=np.float32)
     log(f"data: train {x_train.shape}, val {x_val.shape}")
 
     keras.utils.set_random_seed(a.seed)
     keras.mixed_precision.set_global_policy(a.precision)
     emotion = emotion_model.build_model(n_classes, 48, "none", 256, a.dropout, a.crop)
     model = training_model(emotion, a.crop, a.erasing, a.seed)
-    train = batches(x_train, onehot[y_train], a.batch, a.seed, a.mixup)
+    train = batches(x_train, targets, a.batch, a.seed, a.mixup)
     steps = len(train)
     spe = next(k for k in (8, 7, 6, 5, 4, 3, 2, 1) if steps % k == 0)  # whole executions per epoch
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=a.lr, momentum=0.9, nesterov=True,
