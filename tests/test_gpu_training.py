@@ -86,6 +86,11 @@ def test_distillation_targets_mix_the_teachers_and_the_labels():
     got = gpu_train.training_targets(y, 3, teacher, 0.75)
     np.testing.assert_allclose(got, 0.75 * teacher / teacher.sum(1, keepdims=True) + 0.25 * np.eye(3)[y])
     np.testing.assert_allclose(got.sum(1), 1, rtol=1e-6)
+    hot = np.array([[0.98, 0.015, 0.005]] * 3, np.float32)
+    soft = gpu_train.training_targets(y, 3, hot, 1.0, temperature=4.0)
+    expected = hot[0] ** 0.25 / (hot[0] ** 0.25).sum()
+    np.testing.assert_allclose(soft[0], expected, rtol=1e-5)
+    assert soft[0, 1] > soft[0, 2] > 0.1 and soft[0, 0] < 0.7  # the order kept, the near misses brought out
     for bad in (teacher[:2], -teacher, teacher * np.nan):
         with pytest.raises(SystemExit, match="teacher"):
             gpu_train.training_targets(y, 3, bad, 0.5)
