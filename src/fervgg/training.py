@@ -96,7 +96,7 @@ def mix_batch(images, labels, alpha: float, seed: int):
 
     # Beta(a, a) as X / (X + Y) with X, Y ~ Gamma(a): tf.random has no beta sampler.
     x, y = tf.random.gamma((), alpha, seed=seed), tf.random.gamma((), alpha, seed=None if seed is None else seed + 1)
-    w = x / (x + y)
+    w = tf.math.divide_no_nan(x, x + y)  # both draws can underflow to 0 for a tiny alpha
     order = tf.random.shuffle(tf.range(tf.shape(images)[0]), seed=seed)
     mixed_images = w * images + (1 - w) * tf.gather(images, order)
     mixed_labels = w * labels + (1 - w) * tf.gather(labels, order)
