@@ -5,8 +5,8 @@ so the weights load into the TensorFlow-built model unchanged), the preprocessed
 of /work/runs/v4/fer-data (same val split as the shipped model), the augmentation of
 fervgg.training.Augmentation (flip, rotation 10, zoom 0.1, random 40x40 crop on a zero canvas,
 random erasing), SGD with Nesterov momentum, decoupled weight decay and label smoothing; the
-learning rate warms up, then follows a cosine timed to a wall-clock deadline (the number of
-epochs is set from the measured epoch time). Optional mixup (host side, per batch).
+learning rate warms up, then follows a cosine spread over the wall time left until a deadline.
+Optional mixup (host side, per batch) and distillation targets (--teacher).
 
 At the end, two candidates: the last epoch and the mean of the weights of the last
 `--swa-fraction` of epochs (batch norm re-measured, as fervgg.averaging does), each judged in
@@ -19,14 +19,17 @@ float32 on the val split, one view and ten-crop. Written to --work: <run>-<candi
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import lzma
 import os
-import platform
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+from fervgg.common import atomic_write_bytes, atomic_write_json, cpu_description, library_versions
 
 T0 = time.time()
 
@@ -42,7 +45,6 @@ def load_data(folder: str):
     with open(os.path.join(folder, "X_train.delta.xz"), "rb") as f:
         delta = np.frombuffer(lzma.decompress(f.read()), np.uint8).reshape(info["shape"])
     x_train = np.cumsum(delta, axis=2, dtype=np.uint8)  # wraps mod 256: undoes the uint8 diff exactly
-    import hashlib
     digest = hashlib.sha256(x_train.tobytes()).hexdigest()
     if digest != info["sha256"]:
         raise SystemExit(f"X_train damaged in transit: sha256 {digest} != {info['sha256']}")
@@ -55,7 +57,6 @@ def load_data(folder: str):
 
 def pack_data(src: str, dst: str):
     """Here (CPU): fer-data/X_train.npy -> X_train.delta.xz + X_train.json; copies the rest."""
-    import hashlib
     import shutil
     os.makedirs(dst, exist_ok=True)
     x = np.load(os.path.join(src, "X_train.npy"), allow_pickle=False)
@@ -88,7 +89,8 @@ def training_targets(y, n_classes: int, teacher=None, weight: float = 0.0, tempe
     return (weight * soft + (1 - weight) * onehot).astype(np.float32)
 
 
-def build_layers():
+def random_crop_layer():
+    """The layer class (Keras is imported only once the backend is chosen)."""
     import keras
     from keras import layers, ops
 
@@ -123,7 +125,7 @@ def training_model(emotion, crop: int, erasing: float, seed: int):
     import keras
     from keras import layers
 
-    crop_layer = build_layers()
+    crop_layer = random_crop_layer()
     f32 = {"dtype": "float32"}
     inputs = keras.Input((48, 48, 1), name="pixels")
     x = layers.RandomFlip("horizontal", seed=seed, **f32)(inputs)
@@ -173,21 +175,10 @@ def batches(x, y_onehot, batch: int, seed: int, mixup: float):
     return Batches()
 
 
-def cosine(base, progress, floor=0.01):
-    import math
-    progress = min(max(progress, 0.0), 1.0)
-    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def weights_f16(model) -> bytes:
-    return b"".join(np.asarray(w, np.float16).tobytes() for w in model.get_weights())
-
-
-def write_atomic(path: str, data: bytes):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+def save_weights_f16(model, path: Path):
+    """float16 weights, concatenated in model.weights order (import_candidate.py reads them)."""
+    blob = b"".join(np.asarray(w, np.float16).tobytes() for w in model.get_weights())
+    atomic_write_bytes(path, lambda f: f.write(blob))
 
 
 def main():
@@ -223,24 +214,19 @@ def main():
 
     from fervgg import emotion_model
     from fervgg.averaging import remeasure_batch_norm
+    from fervgg.training import cosine_lr
     from fervgg.tta import predict_averaged
 
-    os.makedirs(a.work, exist_ok=True)
+    work = Path(a.work)
     record = {"run": a.run, "args": vars(a), "devices": [str(d) for d in jax.devices()],
-              "versions": {"python": platform.python_version(), "jax": jax.__version__, "keras": keras.__version__,
-                           "numpy": np.__version__},
-              "cpu": platform.processor() or platform.machine(), "epochs": [], "candidates": {}}
-    try:
-        with open("/proc/cpuinfo") as f:
-            record["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+              "versions": library_versions("jax", "keras", "numpy"), "cpu": cpu_description(), "epochs": [],
+              "candidates": {}}
     log(a.run, record["devices"], record["versions"], record["cpu"])
     if a.require_gpu and not any(d.platform == "gpu" for d in jax.devices()):
         raise SystemExit(f"no GPU seen by JAX: {record['devices']}")
 
     def save_record():
-        write_atomic(os.path.join(a.work, f"{a.run}.json"), json.dumps(record, indent=1).encode())
+        atomic_write_json(work / f"{a.run}.json", record)
 
     x_train, y_train, x_val, y_val = load_data(a.data)
     n_classes = 7
@@ -292,7 +278,7 @@ def main():
                     state["cos_start"] = self.start
                 span = a.deadline - (state["cos_start"] - T0) - state.get("epoch_s", 0.0)
                 self.progress = min(1.0, (self.start - state["cos_start"]) / max(span, 1e-6))
-                lr = cosine(a.lr, self.progress)
+                lr = cosine_lr(a.lr, self.progress)
             self.model.optimizer.learning_rate = lr
             self.lr = lr
 
@@ -318,7 +304,7 @@ def main():
                 self.model.stop_training = True
             if now - state["last_snap"] > 60 or self.model.stop_training:
                 # an interim copy, in case the machine's time ends before the end phase
-                write_atomic(os.path.join(a.work, f"{a.run}-latest.f16"), weights_f16(emotion))
+                save_weights_f16(emotion, work / f"{a.run}-latest.f16")
                 record["latest_epoch"] = epoch + 1
                 save_record()
                 state["last_snap"] = now
@@ -353,7 +339,7 @@ def main():
                   "val_accuracy_ten_crop": float((ten.argmax(1) == y_val).mean()),
                   "epochs": state["swa_n"] if name == "swa" else 1}
         record["candidates"][name] = result
-        write_atomic(os.path.join(a.work, f"{a.run}-{name}.f16"), weights_f16(judge))
+        save_weights_f16(judge, work / f"{a.run}-{name}.f16")
         log(f"{a.run} {name}: val {result['val_accuracy']:.4f}, ten-crop {result['val_accuracy_ten_crop']:.4f}")
     record["weights_layout"] = [[w.path, list(w.shape)] for w in judge.weights]
     record["done_seconds"] = round(time.time() - T0, 1)
