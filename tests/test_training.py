@@ -316,6 +316,28 @@ def test_mixup_mixes_each_batch_with_itself_images_and_labels_alike(arrays):
     assert len({round(w, 4) for w in weights}) > 2
 
 
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_augmented_batches_are_float32_under_a_mixed_policy(arrays, policy):
+    """The augmentation layers compute in the policy's 16-bit type; the batches (and mixup's float32
+    weight, which failed on bfloat16 before) stay float32, the model's input type."""
+    import keras
+
+    from fervgg.artifacts import load_split
+    from fervgg.training import Augmentation, make_dataset
+
+    train = load_split(arrays, "train")
+    before = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        crop = train.x.shape[1] * 3 // 4
+        ds = make_dataset(train.x, train.y, 8, 7, 5, Augmentation(crop=crop, erasing=0.5, mixup=1.0))
+        x, y = next(iter(ds))
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+    assert x.dtype == "float32" and y.dtype == "float32" and x.shape == (8, *train.x.shape[1:])
+    np.testing.assert_allclose(np.asarray(y).sum(1), 1, atol=1e-5)
+
+
 def test_mixup_is_a_checked_setting_in_the_config_and_the_fingerprint(tmp_path):
     from fervgg import resume
     from fervgg.train import TrainSettings

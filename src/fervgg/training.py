@@ -43,17 +43,20 @@ class Augmentation:
         erasing, in that order), or None when nothing is on."""
         from keras import layers
 
+        # float32 whatever the global policy: pixels 0-255 need it, and Keras' RandomErasing
+        # fails under mixed_float16 (its range op has no float16 kernel).
+        f32 = {"dtype": "float32"}
         geometry = []
         if self.flip:
-            geometry.append(layers.RandomFlip("horizontal", seed=seed))
+            geometry.append(layers.RandomFlip("horizontal", seed=seed, **f32))
         if self.rotation_deg > 0:
-            geometry.append(layers.RandomRotation(self.rotation_deg / 360.0, fill_mode="reflect", seed=seed))
+            geometry.append(layers.RandomRotation(self.rotation_deg / 360.0, fill_mode="reflect", seed=seed, **f32))
         if self.zoom > 0:
-            geometry.append(layers.RandomZoom(self.zoom, fill_mode="reflect", seed=seed))
+            geometry.append(layers.RandomZoom(self.zoom, fill_mode="reflect", seed=seed, **f32))
         if self.shift > 0:
-            geometry.append(layers.RandomTranslation(self.shift, self.shift, fill_mode="reflect", seed=seed))
+            geometry.append(layers.RandomTranslation(self.shift, self.shift, fill_mode="reflect", seed=seed, **f32))
         erase = layers.RandomErasing(factor=self.erasing, scale=(0.02, 0.15), value_range=(0, 255),
-                                     seed=seed) if self.erasing > 0 else None
+                                     seed=seed, **f32) if self.erasing > 0 else None
         if not geometry and not self.crop and erase is None:
             return None
         geometry = keras.Sequential(geometry, name="augment") if geometry else None
