@@ -100,3 +100,26 @@ def test_importing_the_trainer_leaves_the_keras_backend_alone(monkeypatch):
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
     tool("gpu_train")
     assert "KERAS_BACKEND" not in os.environ
+
+
+def test_a_teacher_is_the_mean_of_its_members_mirror_averaged_probabilities(tmp_path):
+    """`probs` (a .keras model of ours, here) gives each training image's probabilities averaged
+    with its mirror image's; `teacher` averages members of one shape and refuses others."""
+    gpu_train = tool("gpu_train")
+    data = tiny_dataset(tmp_path / "data")
+    model = emotion_model.build_model(7, 48, "none", 16, 0.0, 40)
+    model.save(tmp_path / "m.keras")
+    gpu_train.keras_train_probs(str(tmp_path / "m.keras"), str(data), str(tmp_path / "a.npy"))
+    x = np.load(data / "X_train.npy").astype(np.float32)[..., None]
+    expected = (model.predict(x, verbose=0) + model.predict(x[:, :, ::-1], verbose=0)) / 2
+    a = np.load(tmp_path / "a.npy")
+    np.testing.assert_allclose(a, expected, atol=1e-5)
+
+    b = np.full_like(a, 1 / 7)
+    np.save(tmp_path / "b.npy", b)
+    gpu_train.average_teachers(str(tmp_path / "t.npy"), [str(tmp_path / "a.npy"), str(tmp_path / "b.npy")])
+    np.testing.assert_allclose(np.load(tmp_path / "t.npy"), (a + b) / 2, atol=1e-6)
+    np.save(tmp_path / "c.npy", b[:3])
+    with pytest.raises(SystemExit, match="one shape"):
+        gpu_train.average_teachers(str(tmp_path / "t2.npy"), [str(tmp_path / "a.npy"), str(tmp_path / "c.npy")])
+    assert not (tmp_path / "t2.npy").exists()

@@ -14,6 +14,14 @@ float32 on the val split, one view and ten-crop. Written to --work: <run>-<candi
 (float16 weights, concatenated in model.weights order) and <run>.json (log, results).
 
     KERAS_BACKEND=jax python gpu_train.py --data DIR --work DIR --run A --deadline 430
+
+Distillation needs a teacher: the mean probabilities of several models on every training image.
+--train-probs makes a run write its best candidate's (one view + mirror, float32) as
+<run>-train-probs.npy; `probs` computes the same here for a .keras model of ours (TensorFlow);
+`teacher` averages such files into the --teacher file:
+
+    python gpu_train.py probs models/pretrained/fer2013_vgg16.keras DATA v3.npy    # here
+    python gpu_train.py teacher teacher.npy WORK/*-train-probs.npy v3.npy          # either side
 """
 
 from __future__ import annotations
@@ -67,6 +75,34 @@ def pack_data(src: str, dst: str):
         json.dump({"shape": list(x.shape), "sha256": hashlib.sha256(x.tobytes()).hexdigest()}, f)
     for name in ("y_train.npy", "X_val.npy", "y_val.npy"):
         shutil.copy(os.path.join(src, name), dst)
+
+
+def mirror_mean(predict, x) -> np.ndarray:
+    """The mean of the probabilities of each image and of its mirror image: a teacher's targets."""
+    x = np.asarray(x, np.float32)
+    return ((predict(x) + predict(x[:, :, ::-1])) / 2).astype(np.float32)
+
+
+def keras_train_probs(model_path: str, data: str, out: str):
+    """Here (TensorFlow): a .keras model of ours -> its mirror_mean probabilities on X_train."""
+    from fervgg.classifiers import KerasClassifier
+
+    model = KerasClassifier(Path(model_path))
+    x = np.load(os.path.join(data, "X_train.npy"), allow_pickle=False)
+    probs = mirror_mean(lambda v: model.predict(v), x)
+    atomic_write_bytes(Path(out), lambda f: np.save(f, probs, allow_pickle=False))
+    print(f"{model_path}: {probs.shape} probabilities -> {out}")
+
+
+def average_teachers(out: str, members: list[str]):
+    """The teacher: the mean of the members' probabilities (same images, same order)."""
+    arrays = [np.load(m, allow_pickle=False) for m in members]
+    if not arrays or any(a.shape != arrays[0].shape or a.ndim != 2 for a in arrays):
+        raise SystemExit(f"teacher: members must be (N, classes) arrays of one shape: {[a.shape for a in arrays]}")
+    mean = np.mean(arrays, axis=0, dtype=np.float64)
+    mean /= mean.sum(1, keepdims=True)
+    atomic_write_bytes(Path(out), lambda f: np.save(f, mean.astype(np.float32), allow_pickle=False))
+    print(f"teacher: the mean of {len(arrays)} members {mean.shape} -> {out}")
 
 
 def training_targets(y, n_classes: int, teacher=None, weight: float = 0.0, temperature: float = 1.0):
@@ -205,6 +241,8 @@ def main():
     p.add_argument("--limit", type=int, default=0, help="use only this many training images (smoke test)")
     p.add_argument("--precision", default="mixed_bfloat16")
     p.add_argument("--require-gpu", action="store_true")
+    p.add_argument("--train-probs", action="store_true",
+                   help="also write the best candidate's probabilities on the training images (a teacher member)")
     p.add_argument("--val-limit", type=int, default=0, help="use only this many val images (smoke test)")
     a = p.parse_args()
 
@@ -323,6 +361,7 @@ def main():
     candidates = {"last": final}
     if state["swa_n"] >= 2:
         candidates["swa"] = [(s / state["swa_n"]).astype(np.float32) for s in state["swa_sum"]]
+    best_train_probs = (-1.0, None)
     rng = np.random.default_rng(1337)
     bn_images = x_train[np.sort(rng.permutation(len(x_train))[:4096])].astype(np.float32)
     for name, weights in candidates.items():
@@ -339,8 +378,14 @@ def main():
                   "val_accuracy_ten_crop": float((ten.argmax(1) == y_val).mean()),
                   "epochs": state["swa_n"] if name == "swa" else 1}
         record["candidates"][name] = result
+        if a.train_probs and result["val_accuracy"] > best_train_probs[0]:
+            best_train_probs = (result["val_accuracy"], mirror_mean(predict, x_train))
+            record["train_probs_from"] = name
         save_weights_f16(judge, work / f"{a.run}-{name}.f16")
         log(f"{a.run} {name}: val {result['val_accuracy']:.4f}, ten-crop {result['val_accuracy_ten_crop']:.4f}")
+    if best_train_probs[1] is not None:
+        atomic_write_bytes(work / f"{a.run}-train-probs.npy",
+                           lambda f: np.save(f, best_train_probs[1], allow_pickle=False))
     record["weights_layout"] = [[w.path, list(w.shape)] for w in judge.weights]
     record["done_seconds"] = round(time.time() - T0, 1)
     save_record()
@@ -349,5 +394,9 @@ def main():
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "pack":
         pack_data(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) > 1 and sys.argv[1] == "probs":
+        keras_train_probs(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif len(sys.argv) > 1 and sys.argv[1] == "teacher":
+        average_teachers(sys.argv[2], sys.argv[3:])
     else:
         main()
