@@ -1,7 +1,8 @@
 """Video analysis speed and memory, measured side by side in one run.
 
   1. frames analysed per second on a clip (default ../shared/videos/single_face.mp4,
-     640x360, one face), every frame analysed, LiteRT backend, for several detection
+     640x360, one face), every frame analysed, LiteRT (--backend, default auto: the int8
+     export when there is one, as prediction chooses), for several detection
      settings (detect every Nth frame / downscaled side), each checked to give every
      frame a face row;
   2. the photo path (predict_emotion.py --image_path, a child process timing itself, start-up
@@ -30,7 +31,7 @@ import cv2
 
 from fervgg import config
 from fervgg import video_analysis as video
-from fervgg.classifiers import open_classifier
+from fervgg.classifiers import find_model, open_classifier
 from fervgg.common import cpu_description
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,23 +79,23 @@ def video_rate(clip: Path, classifier, class_names, every: int, side: int, repea
     return best, frames, rows
 
 
-def photo_rate(folder: Path, model: Path, repeats: int) -> tuple[float, int]:
+def photo_rate(folder: Path, model: Path, repeats: int, backend: str) -> tuple[float, int]:
     """Images/s of predict_emotion.py --image_path FOLDER (its own timing, start-up excluded)."""
     best, faces = 0.0, 0
     for _ in range(repeats):
         proc = subprocess.run([sys.executable, str(SCRIPT), "--image_path", str(folder), "--model", str(model),
-                               "--backend", "litert", "--jsonl"], capture_output=True, text=True, check=True)
+                               "--backend", backend, "--jsonl"], capture_output=True, text=True, check=True)
         done = re.search(r"(\d+) of \d+ image\(s\) predicted in ([\d.]+) s", proc.stderr)
         best = max(best, int(done.group(1)) / float(done.group(2)))
         faces = proc.stdout.count('"face_found": true')
     return best, faces
 
 
-def peak_rss_mb(clip: Path, model: Path) -> tuple[float, float]:
+def peak_rss_mb(clip: Path, model: Path, backend: str) -> tuple[float, float]:
     """(max RSS in MB, seconds) of one predict_emotion.py --video run in a child process."""
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "--video", str(clip), "--model", str(model),
-                             "--backend", "litert", "--csv"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "--backend", backend, "--csv"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     err = proc.stderr.read().decode()
     proc.stderr.close()
@@ -106,12 +107,15 @@ def peak_rss_mb(clip: Path, model: Path) -> tuple[float, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, required=True, help="a .keras model with its .tflite export beside it")
+    p.add_argument("--backend", choices=("auto", "int8", "litert"), default="auto",
+                   help="LiteRT file: auto (the int8 one when current, as prediction does), int8, or the float one")
     p.add_argument("--clip", type=Path, default=ROOT.parent / "shared" / "videos" / "single_face.mp4")
     p.add_argument("--repeats", type=int, default=2, help="runs per measurement (best is kept)")
     args = p.parse_args()
-    tflite = args.model.with_suffix(config.TFLITE_SUFFIX)
-    if not tflite.is_file():
-        raise SystemExit(f"{tflite} not found: python scripts/export_model.py --model {args.model}")
+    choice = find_model(args.model, backend=args.backend)
+    if choice.backend != "litert":
+        raise SystemExit(f"no LiteRT export of {args.model}: python scripts/export_model.py --model {args.model}")
+    tflite = choice.file
     if not args.clip.is_file():
         raise SystemExit(f"clip not found: {args.clip}")
     frames, fps = read_all(args.clip)
@@ -136,7 +140,7 @@ def main() -> None:
         folder.mkdir()
         for i, frame in enumerate(frames):
             cv2.imwrite(str(folder / f"frame{i:05d}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
-        rate, found = photo_rate(folder, args.model, args.repeats)
+        rate, found = photo_rate(folder, args.model, args.repeats, args.backend)
         print(f"\n2. photo path on the same frames as JPEG files: {rate:.1f} images/s, a face in {found} of "
               f"{len(frames)}")
         print(f"   video (default: detect every {default[0]}, side {default[1]}) / photo: "
@@ -146,7 +150,7 @@ def main() -> None:
         print("\n3. peak memory of predict_emotion.py --video (child process, default settings)")
         for times in (1, 10):
             clip = write_looped(frames, fps, times, Path(tmp) / f"looped{times}.mp4")
-            rss, seconds = peak_rss_mb(clip, args.model)
+            rss, seconds = peak_rss_mb(clip, args.model, args.backend)
             print(f"   clip x{times:<2} ({len(frames) * times:>4} frames): max RSS {rss:7.1f} MB  ({seconds:.1f} s)")
             if times == 1:
                 base = rss

@@ -262,3 +262,10 @@ def test_loading_float16_weights_prints_no_dt_half_line(tmp_path):
                                       tmp_path / "full.keras")
     if "DT_HALF" not in unfiltered:
         pytest.skip("this CPU does not log the DT_HALF line (AVX-512): nothing to hide here")
+
+
+def test_a_model_and_its_exports_share_one_sidecar(tmp_path):
+    """NAME.keras, NAME.tflite and NAME.int8.tflite are described by NAME.json (the service's
+    /v1/model and evaluation's metrics.json read it for whichever file runs)."""
+    for name in ("fer.keras", "fer.tflite", "fer.int8.tflite"):
+        assert emotion_model.sidecar_path(tmp_path / name) == tmp_path / "fer.json"

@@ -189,7 +189,11 @@ def set_backbone_trainable(model, trainable_blocks: int | None) -> None:
 # ---------------------------------------------------------------- loading and metadata
 
 def sidecar_path(model_path: Path) -> Path:
-    return Path(model_path).with_suffix(".json")
+    """NAME.json, for NAME.keras and its exports NAME.tflite and NAME.int8.tflite alike."""
+    path = Path(model_path)
+    if path.name.endswith(config.INT8_SUFFIX):
+        return path.with_name(path.name.removesuffix(config.INT8_SUFFIX) + ".json")
+    return path.with_suffix(".json")
 
 
 def folder_not_model(path: Path) -> FervggError:
