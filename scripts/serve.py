@@ -61,7 +61,8 @@ def parse_args(argv=None) -> tuple[ServiceSettings, bool]:
                    default=config.MAX_IMAGE_PIXELS / 1e6,
                    help="refuse images larger than this when decoded (413), against decompression bombs")
     p.add_argument("--threads", type=number(int, **R["threads"]), default=None,
-                   help="LiteRT CPU threads per model call (default: all available cores)")
+                   help="LiteRT CPU threads of each worker's detector and classifier (each worker has its own; "
+                        "default: all available cores)")
     p.add_argument("--access-log", action="store_true", help="print a line per request")
     return parse_settings(p, argv, settings_of)
 

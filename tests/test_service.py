@@ -291,6 +291,43 @@ def rss_mb() -> float:
     pytest.skip("no /proc/self/status")
 
 
+@needs_photos
+def test_each_worker_detects_with_a_recognizer_of_its_own_at_the_same_time(rec):
+    """The service's default: one recognizer per worker, each with its own RetinaFace, so two
+    requests are detected at once (not in turn at one shared detector), with the same answers
+    as a plain EmotionRecognizer."""
+    import threading
+    import time
+
+    from fervgg.service import Recognition
+
+    work = Recognition(ServiceSettings(workers=2))
+    recs = [work.idle.get(), work.idle.get()]
+    assert recs[0] is not recs[1] and None is not recs[0]._engine is not recs[1]._engine
+    spans, lock = [], threading.Lock()
+    for r in recs:
+        def timed(*args, _prepare=r.prepare, _r=r, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _prepare(*args, **kwargs)
+            finally:
+                with lock:
+                    spans.append((id(_r), start, time.perf_counter()))
+        r.prepare = timed
+        work.idle.put(r)
+    photos = [("obama.jpg", OBAMA.read_bytes()), ("two_people.jpg", TWO.read_bytes())]
+    expected = [[f.to_dict() for f in rec.predict(data)] for _, data in photos]
+    futures = [work.pool.submit(work.predict, [photos[i % 2]], False, True) for i in range(8)]
+    for i, future in enumerate(futures):
+        (result,) = future.result()
+        got = result["records"]
+        assert [r["box"] for r in got] == [e["box"] for e in expected[i % 2]]
+        assert [r["emotion"] for r in got] == [e["emotion"] for e in expected[i % 2]]
+    assert len({who for who, _, _ in spans}) == 2
+    assert any(a < d and c < b for w1, a, b in spans for w2, c, d in spans if w1 != w2), "never at the same time"
+    work.pool.shutdown()
+
+
 def test_memory_is_flat_over_500_requests(client):
     images = [png(face_like(seed, 64)) for seed in range(5)]
 

@@ -62,8 +62,9 @@ class Detection:
 # ------------------------------------------------------------------------------ public
 
 def detect_faces(image: Image.Image, detector: str = config.DETECTOR,
-                 max_side: int = config.DETECT_MAX_SIDE) -> list[Box]:
-    """Faces in an RGB (or L) image, left to right, as (x, y, w, h) in image pixels."""
+                 max_side: int = config.DETECT_MAX_SIDE, engine=None) -> list[Box]:
+    """Faces in an RGB (or L) image, left to right, as (x, y, w, h) in image pixels. `engine`: a
+    retinaface.RetinaFace of the caller's own instead of the process's shared one."""
     if detector not in DETECTORS:
         raise FervggError(f"unknown `detector` {detector!r}: choose one of {', '.join(DETECTORS)}")
     width, height = image.size
@@ -73,7 +74,7 @@ def detect_faces(image: Image.Image, detector: str = config.DETECTOR,
                              Image.Resampling.BILINEAR, reducing_gap=2.0)
     else:
         small = image
-    found = _DETECT[detector](small)
+    found = _detect_retinaface(small, engine) if detector == "retinaface" else _DETECT[detector](small)
     if detector != "retinaface":  # RetinaFace suppresses its own duplicates, and keeps faces in a crowd apart
         found = merge_overlapping(found)
     boxes = []
@@ -185,14 +186,14 @@ def _confirmed(padded: np.ndarray, box: Box) -> bool:
 
 # ------------------------------------------------------------------------------ RetinaFace
 
-def _detect_retinaface(image: Image.Image) -> list[Detection]:
+def _detect_retinaface(image: Image.Image, engine=None) -> list[Detection]:
     from fervgg import retinaface
 
     pixels = np.asarray(image.convert("RGB"))
     if min(pixels.shape[:2]) < RETINAFACE_MIN_SIDE:
         return []
-    return [Detection(box, score) for box, score in
-            retinaface.detector().detect(pixels, RETINAFACE_MIN_SCORE, RETINAFACE_MIN_SIDE)]
+    engine = engine or retinaface.detector()
+    return [Detection(box, score) for box, score in engine.detect(pixels, RETINAFACE_MIN_SCORE, RETINAFACE_MIN_SIDE)]
 
 
 # ------------------------------------------------------------------------------ MTCNN

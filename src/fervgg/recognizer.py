@@ -10,9 +10,11 @@ files), faces found by fervgg.faces, cropped square with a margin, and classifie
 batches. No face is an empty list; a bad input raises FervggError (its message is the
 line the command line prints).
 
-A recognizer may be shared by threads (a web service's workers): decoding and cropping run
-in parallel, face detection and classification one call at a time (their LiteRT
-interpreters are not thread-safe; detectors are shared by the whole process).
+A recognizer may be shared by threads: decoding and cropping run in parallel, face detection
+and classification one call at a time (their LiteRT interpreters are not thread-safe;
+detectors are shared by the whole process, unless own_detector). For calls that run truly
+in parallel, give each thread a recognizer of its own with own_detector=True (the service's
+workers do, one LiteRT thread each).
 """
 
 from __future__ import annotations
@@ -79,11 +81,14 @@ class EmotionRecognizer:
     (FER-style crops). tta: average ten crops per face on photos (None: config.PHOTO_TTA);
     videos always use one view.
     max_megapixels: images larger than this once decoded are refused (decompression bombs).
+    own_detector: a RetinaFace of this recognizer's own (with its `threads`), not the one the
+    process shares: recognizers used by different threads then detect at the same time.
     """
 
     def __init__(self, model: str | Path | None = None, *, models_dir: str | Path | None = None,
                  backend: str = "auto", detector: str | None = config.DETECTOR, tta: bool | None = None,
-                 threads: int | None = None, max_megapixels: float = config.MAX_IMAGE_PIXELS / 1e6, notes=None):
+                 threads: int | None = None, max_megapixels: float = config.MAX_IMAGE_PIXELS / 1e6, notes=None,
+                 own_detector: bool = False):
         from fervgg import faces
 
         if detector is not None and detector not in faces.DETECTORS:
@@ -105,7 +110,12 @@ class EmotionRecognizer:
         self.detector = detector
         self.max_pixels = int(max_megapixels * 1e6)
         self._faces = faces
-        if detector is not None:
+        self._engine, self._detection = None, _DETECTION
+        if detector == "retinaface" and own_detector:
+            from fervgg import retinaface
+
+            self._engine, self._detection = retinaface.RetinaFace(threads=threads), threading.Lock()
+        elif detector is not None:
             faces.load_detector(detector)  # a missing piece fails now, not at the first photo
 
     @property
@@ -156,8 +166,8 @@ class EmotionRecognizer:
         width, height = rgb.size
         detect = detect and self.detector is not None
         if detect:
-            with _DETECTION:
-                boxes = self._faces.detect_faces(rgb, self.detector)
+            with self._detection:
+                boxes = self._faces.detect_faces(rgb, self.detector, engine=self._engine)
         else:
             boxes = [(0, 0, width, height)]
         found = True if detect else None
