@@ -14,7 +14,7 @@ A recognizer may be shared by threads: decoding and cropping run in parallel, fa
 and classification one call at a time (their LiteRT interpreters are not thread-safe;
 detectors are shared by the whole process, unless own_detector). For calls that run truly
 in parallel, give each thread a recognizer of its own with own_detector=True (the service's
-workers do, one LiteRT thread each).
+workers do).
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ class EmotionRecognizer:
     videos always use one view.
     max_megapixels: images larger than this once decoded are refused (decompression bombs).
     own_detector: a RetinaFace of this recognizer's own (with its `threads`), not the one the
-    process shares: recognizers used by different threads then detect at the same time.
+    process shares: recognizers used by different threads then detect at the same time (the
+    other detectors stay shared by the process).
     """
 
     def __init__(self, model: str | Path | None = None, *, models_dir: str | Path | None = None,
