@@ -89,7 +89,7 @@ def keras_train_probs(model_path: str, data: str, out: str):
 
     model = KerasClassifier(Path(model_path))
     x = np.load(os.path.join(data, "X_train.npy"), allow_pickle=False)
-    probs = mirror_mean(lambda v: model.predict(v), x)
+    probs = mirror_mean(model.predict, x)
     atomic_write_bytes(Path(out), lambda f: np.save(f, probs, allow_pickle=False))
     print(f"{model_path}: {probs.shape} probabilities -> {out}")
 

@@ -162,8 +162,7 @@ def int8_path(model: Path) -> Path:
 
 def keras_for(lite: Path) -> Path:
     """The .keras a .tflite or .int8.tflite was exported from (its sidecar describes both)."""
-    name = lite.name.removesuffix(config.INT8_SUFFIX) if lite.name.endswith(config.INT8_SUFFIX) else lite.stem
-    return lite.with_name(name + ".keras")
+    return emotion_model.sidecar_path(lite).with_suffix(".keras")  # NAME.json names the family
 
 
 def export_is_current(model: Path, lite: Path) -> bool:

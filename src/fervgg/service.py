@@ -131,10 +131,12 @@ class Recognition:
                 threads=threads, max_megapixels=settings.max_megapixels, notes=notes, own_detector=True)
 
         # `recognizer` (tests): one shared by every worker, which then take turns at its detector.
-        self.rec = recognizer or recognizer_of_its_own()
+        recognizers = ([recognizer] * settings.workers if recognizer else
+                       [recognizer_of_its_own()] + [recognizer_of_its_own(notes=lambda text: None)  # said once
+                                                    for _ in range(settings.workers - 1)])
+        self.rec = recognizers[0]
         self.idle = queue.SimpleQueue()  # a worker thread takes one, uses it, puts it back
-        for rec in [self.rec] + [recognizer or recognizer_of_its_own(notes=lambda text: None)  # said once
-                                  for _ in range(settings.workers - 1)]:
+        for rec in recognizers:
             self.idle.put(rec)
         self.capacity = settings.workers + settings.queue
         self.workers = settings.workers
