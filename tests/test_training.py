@@ -592,6 +592,30 @@ def test_initial_model_starts_from_every_weight_of_a_model_of_ours(arrays, tmp_p
         run_training(arrays, tmp_path / "bad", "--weights", "none", "--initial-model", str(other), "--epochs", "1")
 
 
+def test_a_backbone_without_a_pool_keeps_its_layout_when_training_continues_from_it(tmp_path):
+    """Dropping block 4's max-pool (block 5 then sees 5x5 of a 40x40 crop, not 2x2) keeps every
+    weight's shape, so the shipped weights fit it; a model saved that way starts the next run
+    with the same layout and weights, not silently re-pooled."""
+    from fervgg.emotion_model import build_model, pooled_blocks_of, saved_backbone, vgg16_bn_backbone
+
+    assert vgg16_bn_backbone(40).output.shape[1:3] == (1, 1)
+    wide = vgg16_bn_backbone(40, (1, 2, 3, 5))
+    assert pooled_blocks_of(wide) == (1, 2, 3, 5) and wide.output.shape[1:3] == (2, 2)
+    assert [w.shape for w in wide.weights] == [w.shape for w in vgg16_bn_backbone(40).weights]
+
+    path = tmp_path / "wide.keras"
+    source = build_model(len(config.CLASS_NAMES), 48, "none", dense_units=8, crop_size=40, pooled_blocks=(1, 2, 3, 5))
+    source.save(path)
+    backbone, _ = saved_backbone(str(path), 48, 40)
+    assert pooled_blocks_of(backbone) == (1, 2, 3, 5)
+    for a, b in zip(backbone.get_weights(), source.get_layer("vgg16").get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert pooled_blocks_of(build_model(len(config.CLASS_NAMES), 48, str(path), crop_size=40).get_layer("vgg16")) \
+        == (1, 2, 3, 5)
+    with pytest.raises(FervggError, match="from scratch only"):
+        build_model(len(config.CLASS_NAMES), 48, str(path), crop_size=40, pooled_blocks=(1, 2, 3, 5))
+
+
 def test_only_a_start_model_of_ours_gives_its_crop_size(tmp_path):
     from fervgg.common import atomic_write_json
     from fervgg.train import start_crop_size

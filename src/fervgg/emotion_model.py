@@ -29,6 +29,7 @@ from fervgg.common import (FervggError, atomic_write_json, filtered_stderr, firs
 VGG_MEAN_BGR = (103.939, 116.779, 123.68)
 VGG_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 BACKBONE_NAME = "vgg16"
+ALL_POOLS = (1, 2, 3, 4, 5)  # the VGG blocks that end in a 2x2 max-pool
 
 
 def keras_cache_dir() -> Path:
@@ -73,7 +74,7 @@ def saved_backbone(weights: str, image_size: int, backbone_size: int | None = No
     # the trained weights.
     with_bn = any(layer.name.endswith("_bn") for layer in trained.layers)
     new_side = backbone_size or image_size
-    backbone = vgg16_bn_backbone(new_side) if with_bn else plain_vgg16(new_side)
+    backbone = vgg16_bn_backbone(new_side, pooled_blocks_of(trained)) if with_bn else plain_vgg16(new_side)
     backbone.set_weights(trained.get_weights())
     return backbone, saved
 
@@ -109,11 +110,13 @@ def plain_vgg16(image_size: int):
     return keras.applications.VGG16(include_top=False, weights=None, input_shape=(image_size, image_size, 3))
 
 
-def vgg16_bn_backbone(image_size: int):
+def vgg16_bn_backbone(image_size: int, pooled_blocks: tuple[int, ...] = ALL_POOLS):
     """VGG16's layout with batch normalisation after every convolution.
 
     Used when training from scratch: without pretrained weights, plain VGG16 barely
     trains on 48x48 faces, while batch norm makes it converge in a few epochs.
+    `pooled_blocks`: the blocks that end in a max-pool. Dropping a pool (VGG's fifth block
+    sees 2x2 pixels of a 40x40 face) keeps every weight's shape, so trained weights fit.
     """
     import keras
     from keras import layers
@@ -126,17 +129,26 @@ def vgg16_bn_backbone(image_size: int):
             x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
             x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
             x = layers.Activation("relu", name=f"{name}_relu")(x)
-        x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+        if block in pooled_blocks:
+            x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
     return keras.Model(inputs, x, name="vgg16_bn")
+
+
+def pooled_blocks_of(backbone) -> tuple[int, ...]:
+    """Which blocks of a VGG16 backbone end in a max-pool (see vgg16_bn_backbone)."""
+    return tuple(int(layer.name[5]) for layer in backbone.layers
+                 if layer.name.startswith("block") and layer.name.endswith("_pool"))
 
 
 def build_model(num_classes: int, image_size: int = config.IMAGE_SIZE, weights: str = config.WEIGHTS,
                 dense_units: int = config.DENSE_UNITS, dropout: float = config.DROPOUT,
-                crop_size: int = config.CROP_SIZE):
+                crop_size: int = config.CROP_SIZE, pooled_blocks: tuple[int, ...] | None = None):
     """Raw (S, S, 1) pixels 0-255 -> class probabilities (float32 even under mixed precision).
 
     With a crop_size, the model reads the centre crop_size x crop_size window of its input
     (a CenterCrop layer): it was trained on random windows of that size (training.random_crops).
+    `pooled_blocks` (from scratch only, see vgg16_bn_backbone): None keeps all five pools, or
+    a saved model's own layout when starting from one.
     """
     import keras
     from keras import layers
@@ -151,7 +163,11 @@ def build_model(num_classes: int, image_size: int = config.IMAGE_SIZE, weights: 
     x = layers.Normalization(mean=list(VGG_MEAN_BGR), variance=[1.0, 1.0, 1.0],
                              name="vgg16_preprocess", dtype="float32")(x)
     source = None
-    if is_model_file(weights):
+    if pooled_blocks is not None and weights != "none":
+        raise FervggError("a VGG16 without some of its max-pools is built from scratch only (weights none)")
+    if pooled_blocks is not None:
+        backbone = vgg16_bn_backbone(crop_size or image_size, tuple(pooled_blocks))
+    elif is_model_file(weights):
         backbone, source = saved_backbone(weights, image_size, crop_size or image_size)
     else:
         backbone = vgg16_backbone(crop_size or image_size, weights)
