@@ -13,6 +13,7 @@ mean of detect_faces per photo (decoded beforehand; detectors loaded and run onc
 
     python bench/face_detection.py                       # all detectors, about 3 minutes
     python bench/face_detection.py --detectors retinaface opencv --repeats 3
+    python bench/face_detection.py --detectors retinaface --max-sides 1024 800 640  # speed vs small faces
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from fervgg import faces
+from fervgg import config, faces
 from fervgg.common import cpu_description
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +74,10 @@ def main(argv=None) -> int:
                    help="folder with annotations.json and the photos")
     p.add_argument("--detectors", nargs="+", choices=faces.DETECTORS, default=list(faces.DETECTORS))
     p.add_argument("--repeats", type=int, default=1, help="runs per photo and detector; the fastest counts")
+    p.add_argument("--max-sides", type=int, nargs="+", default=[config.DETECT_MAX_SIDE], metavar="PIXELS",
+                   help="longest side photos are downscaled to before detection (each one a row)")
     args = p.parse_args(argv)
+    runs = [(name, side) for name in args.detectors for side in args.max_sides]
 
     photos = load(args.faces)
     n_faces = sum(len(t) for _, _, t, _ in photos)
@@ -81,34 +85,35 @@ def main(argv=None) -> int:
     print(f"{len(photos)} photos, {n_faces} true faces "
           + ", ".join(f"{sum(b[3] >= s for _, _, t, _ in photos for b in t)} >= {s} px" for s in SIZES[1:])
           + f", {sum(len(i) for _, _, _, i in photos)} ignore boxes; detectors: {', '.join(args.detectors)}")
-    found = {d: [] for d in args.detectors}
-    times = {d: [] for d in args.detectors}
+    found = {r: [] for r in runs}
+    times = {r: [] for r in runs}
     for name in args.detectors:  # load and warm up, untimed
         start = time.perf_counter()
         faces.load_detector(name)
         faces.detect_faces(photos[0][1], name)
         print(f"  {name}: loaded and first photo in {time.perf_counter() - start:.1f} s")
     for _, image, _, _ in photos:
-        for name in args.detectors:
+        for name, side in runs:
             best = float("inf")
             for _ in range(args.repeats):
                 start = time.perf_counter()
-                boxes = faces.detect_faces(image, name)
+                boxes = faces.detect_faces(image, name, max_side=side)
                 best = min(best, time.perf_counter() - start)
-            found[name].append(boxes)
-            times[name].append(best)
+            found[name, side].append(boxes)
+            times[name, side].append(best)
 
     print()
     print("| detector | " + " | ".join(f"recall {lab} | precision {lab}" for lab in ("all", ">= 40 px", ">= 80 px"))
           + " | ms per photo (median / mean) |")
     print("|---" * (2 + 2 * len(SIZES)) + "|")
-    for name in args.detectors:
+    for name, side in runs:
         cells = []
         for size in SIZES:
-            right, false, total = score(found[name], photos, size)
+            right, false, total = score(found[name, side], photos, size)
             cells += [f"{right / max(total, 1):.3f} ({right}/{total})", f"{right / max(right + false, 1):.3f}"]
-        ms = [t * 1000 for t in times[name]]
-        print(f"| {name} | " + " | ".join(cells) + f" | {statistics.median(ms):.0f} / {statistics.mean(ms):.0f} |")
+        ms = [t * 1000 for t in times[name, side]]
+        label = name if len(args.max_sides) == 1 else f"{name}, max side {side}"
+        print(f"| {label} | " + " | ".join(cells) + f" | {statistics.median(ms):.0f} / {statistics.mean(ms):.0f} |")
     return 0
 
 
