@@ -47,10 +47,12 @@ def test_packed_training_images_come_back_bit_for_bit_and_damage_is_caught(tmp_p
         gpu_train.load_data(str(tmp_path / "packed"))
 
 
-def test_a_returned_weight_set_becomes_a_model_of_ours(tmp_path, monkeypatch):
+@pytest.mark.parametrize("pooled", [None, "1235"])  # None: a record from before --pooled-blocks
+def test_a_returned_weight_set_becomes_a_model_of_ours(tmp_path, monkeypatch, pooled):
     collect, importer = tool("collect"), tool("import_candidate")
     data = tiny_dataset(tmp_path / "data")
-    trained = emotion_model.build_model(7, 48, "none", 256, 0.2, 40)  # stands in for the GPU's model
+    layout = tuple(int(b) for b in pooled) if pooled else None
+    trained = emotion_model.build_model(7, 48, "none", 256, 0.2, 40, layout)  # stands in for the GPU's model
     rng = np.random.default_rng(0)
     trained.set_weights([w + rng.normal(0, 0.01, w.shape).astype(w.dtype) for w in trained.get_weights()])
     work, out = tmp_path / "work", tmp_path / "out"
@@ -58,7 +60,10 @@ def test_a_returned_weight_set_becomes_a_model_of_ours(tmp_path, monkeypatch):
     out.mkdir()
     blob = b"".join(np.asarray(w, np.float16).tobytes() for w in trained.get_weights())
     (work / "A-last.f16").write_bytes(blob)
-    record = {"run": "A", "args": {"dropout": 0.2, "crop": 40, "erasing": 0.5, "precision": "mixed_bfloat16"},
+    args = {"dropout": 0.2, "crop": 40, "erasing": 0.5, "precision": "mixed_bfloat16"}
+    if pooled:
+        args["pooled_blocks"] = pooled
+    record = {"run": "A", "args": args,
               "devices": ["cuda:0"], "versions": {"jax": "0.0"}, "cpu": "test", "epochs": [{"epoch": 1}],
               "candidates": {"last": {"val_accuracy": 0.5, "val_accuracy_ten_crop": 0.6}},
               "weights_layout": [[w.path, list(w.shape)] for w in trained.weights]}
@@ -69,6 +74,7 @@ def test_a_returned_weight_set_becomes_a_model_of_ours(tmp_path, monkeypatch):
     importer.main(out, 0, tmp_path / "model.keras", data)
 
     model = emotion_model.load_model(tmp_path / "model.keras")
+    assert emotion_model.pooled_blocks_of(model.get_layer("vgg16")) == (layout or emotion_model.ALL_POOLS)
     x = np.random.default_rng(1).integers(0, 256, (4, 48, 48, 1)).astype(np.float32)
     expected = emotion_model.with_policy(trained, "float32")
     expected.set_weights([np.asarray(w, np.float16).astype(np.float32) for w in trained.get_weights()])

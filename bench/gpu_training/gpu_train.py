@@ -233,6 +233,8 @@ def main():
     p.add_argument("--teacher-temperature", type=float, default=1.0, help="softens the teacher: softmax(log p / T)")
     p.add_argument("--erasing", type=float, default=0.5)
     p.add_argument("--crop", type=int, default=40)
+    p.add_argument("--pooled-blocks", default="12345",
+                   help="the VGG blocks that end in a max-pool (1235: block 5 sees 5x5 of a 40x40 crop)")
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--smoothing", type=float, default=0.1)
     p.add_argument("--swa-fraction", type=float, default=0.15)
@@ -285,7 +287,8 @@ def main():
 
     keras.utils.set_random_seed(a.seed)
     keras.mixed_precision.set_global_policy(a.precision)
-    emotion = emotion_model.build_model(n_classes, 48, "none", 256, a.dropout, a.crop)
+    pooled = tuple(int(b) for b in a.pooled_blocks)
+    emotion = emotion_model.build_model(n_classes, 48, "none", 256, a.dropout, a.crop, pooled)
     model = training_model(emotion, a.crop, a.erasing, a.seed)
     train = batches(x_train, targets, a.batch, a.seed, a.mixup)
     steps = len(train)
@@ -356,7 +359,7 @@ def main():
 
     # ---- end phase: candidates judged in float32, as inference runs them
     keras.mixed_precision.set_global_policy("float32")
-    judge = emotion_model.build_model(n_classes, 48, "none", 256, a.dropout, a.crop)
+    judge = emotion_model.build_model(n_classes, 48, "none", 256, a.dropout, a.crop, pooled)
     final = [np.asarray(w, np.float32) for w in emotion.get_weights()]
     candidates = {"last": final}
     if state["swa_n"] >= 2:

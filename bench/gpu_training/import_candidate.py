@@ -29,7 +29,9 @@ def main(returned: Path, index: int, out: Path, data: Path):
     blob = b"".join((returned / f"c{index}-{run}-{name}.part{j}").read_bytes() for j in range(entry["parts"]))
     if len(blob) != entry["bytes"]:
         raise SystemExit(f"{len(blob)} bytes, expected {entry['bytes']}")
-    model = emotion_model.build_model(7, 48, "none", 256, args["dropout"], args["crop"])
+    # The weight layout does not show a dropped max-pool: the run's own argument does.
+    pooled = tuple(int(b) for b in args.get("pooled_blocks", "12345"))
+    model = emotion_model.build_model(7, 48, "none", 256, args["dropout"], args["crop"], pooled)
     layout = [[w.path, list(w.shape)] for w in model.weights]
     if layout != record["weights_layout"]:
         raise SystemExit("the model built here does not have the GPU run's weight layout")
