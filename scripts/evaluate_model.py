@@ -4,6 +4,7 @@
       -> models/eval/<model-stem>-<split>/metrics.json         metrics, settings, model sha256
          models/eval/<model-stem>-<split>/confusion_matrix.png  counts and row-normalised
          models/eval/<model-stem>-<split>/mistakes.png          the most confident mistakes
+         models/eval/<model-stem>-<split>/probabilities.npy     the outputs, one row per image (+ _tta)
          logs/eval/<model-stem>-<split>/                        TensorBoard: the same images + scalars
 
 A .tflite model is run through LiteRT, as prediction runs it (its results go to
@@ -29,6 +30,8 @@ from fervgg.evaluate import SPLIT_CHOICES, EvalSettings, evaluate
 EXAMPLES = """examples:
   evaluate_model.py                                  default model on the test arrays
   evaluate_model.py --split both --tta               val and test, with and without TTA
+  evaluate_model.py --split train --tta              the model's probabilities.npy on the training
+                                                     images: a teacher for model_training.py --teacher
   evaluate_model.py --model models/best_model.keras models/fine_tuned_model.keras
                                                      compare two models in one table
   evaluate_model.py --images data/test               straight from an image folder
@@ -63,7 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                      "insensitive), unknown folders are skipped with a warning, unreadable files are "
                      "skipped and counted; decoding is the same as preprocessing")
     d.add_argument("--split", choices=SPLIT_CHOICES, default=None,
-                   help="which preprocessed split(s) to evaluate (default: test; not with --images)")
+                   help="which preprocessed split(s) to evaluate (default: test; not with --images; "
+                   "train: e.g. a teacher's probabilities)")
     o = p.add_argument_group("output")
     o.add_argument("--out-dir", type=Path, default=None,
                    help="results go to <out-dir>/<model-stem>-<split>/ (default: <models-dir>/"

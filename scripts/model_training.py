@@ -113,6 +113,17 @@ def parse_args(argv=None) -> TrainSettings:
     a.add_argument("--aug-mixup", type=number(float, **R["aug_mixup"]), default=config.AUG_MIXUP, metavar="ALPHA",
                    help="mixup: each training batch is mixed with itself in another order, images and labels, "
                    "by one weight drawn from Beta(ALPHA, ALPHA) per batch (0: off; 0.2-1 are usual)")
+    d = p.add_argument_group("distillation (learning from a teacher's probabilities)")
+    d.add_argument("--teacher", type=Path, nargs="+", default=None, metavar="PROBS.npy",
+                   help="float (N, classes) .npy files of a teacher's probabilities for every training image, in "
+                   "X_train.npy's order (evaluate_model.py --split train writes a model's probabilities.npy); "
+                   "several are averaged (an ensemble); each target becomes --teacher-weight x the teacher + "
+                   "the rest x the label")
+    d.add_argument("--teacher-weight", type=number(float, **R["teacher_weight"]), default=config.TEACHER_WEIGHT,
+                   help="the teacher's share of each target")
+    d.add_argument("--teacher-temperature", type=number(float, **R["teacher_temperature"]),
+                   default=config.TEACHER_TEMPERATURE,
+                   help="softens the teacher as softmax(log p / T): above 1 brings out the classes it finds close")
     h = p.add_argument_group("hardware")
     h.add_argument("--precision", choices=PRECISIONS,
                    default=config.PRECISION, help="auto: mixed_float16 on GPU, mixed_bfloat16 on CPUs with "

@@ -216,6 +216,32 @@ def test_pngs_and_tensorboard_are_written(tta_run):
     assert "confusion_matrix" in tags["tensors"] + tags["images"]
 
 
+def test_the_probabilities_are_written_and_the_train_split_makes_a_teacher(env, tta_run, tmp_path):
+    """probabilities.npy (and _tta with --tta): the model's outputs, row by row; on --split train
+    they are a teacher model_training.py --teacher accepts; a run without --tta leaves no stale
+    TTA file."""
+    from fervgg.artifacts import load_teachers
+
+    x = np.load(env["arrays"] / "X_test.npy")
+    probs = np.load(tta_run["folder"] / "probabilities.npy", allow_pickle=False)
+    tta = np.load(tta_run["folder"] / "probabilities_tta.npy", allow_pickle=False)
+    assert probs.dtype == tta.dtype == np.float32 and probs.shape == tta.shape == (len(x), len(CLASSES))
+    np.testing.assert_allclose(probs, predict_independently(env["models"] / "best_model.keras", x), atol=1e-5)
+    assert not np.allclose(probs, tta)
+
+    assert run_main(env, tmp_path, "--split", "train") == 0
+    folder = tmp_path / "eval" / "best_model-train"
+    n_train = len(np.load(env["arrays"] / "y_train.npy"))
+    teacher = load_teachers([folder / "probabilities.npy"], n_train, len(CLASSES))
+    assert teacher.shape == (n_train, len(CLASSES)) and json.loads((folder / "metrics.json").read_text())[
+        "settings"]["split"] == "train"
+    stale = tmp_path / "eval" / "best_model-test"
+    stale.mkdir(parents=True)
+    (stale / "probabilities_tta.npy").write_bytes(b"old")
+    assert run_main(env, tmp_path) == 0
+    assert (stale / "probabilities.npy").is_file() and not (stale / "probabilities_tta.npy").exists()
+
+
 def test_image_folder_matches_arrays_and_skips_bad_and_unknown(env, tmp_path, capsys):
     # The test/ image folder, with a capitalised class folder, an unknown folder, a corrupt
     # file and a loose file: same images as X_test.npy, so the same metrics.

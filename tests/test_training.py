@@ -616,6 +616,80 @@ def test_a_backbone_without_a_pool_keeps_its_layout_when_training_continues_from
         build_model(len(config.CLASS_NAMES), 48, str(path), crop_size=40, pooled_blocks=(1, 2, 3, 5))
 
 
+def first_epoch_loss(out: Path) -> float:
+    with open(out / "logs" / "t" / "phase1.csv") as f:
+        return float(next(csv.DictReader(f))["loss"])
+
+
+def test_distillation_trains_on_the_teachers_targets(arrays, tmp_path, capsys):
+    """--teacher: a teacher that agrees with the labels (weight 1) trains exactly as the labels do;
+    one that disagrees gives other targets, a higher loss; the run says so and the sidecar records
+    the teacher file's checksum."""
+    from fervgg.artifacts import load_split
+    from fervgg.common import sha256_file
+
+    y = load_split(arrays, "train").y
+    agree, disagree = tmp_path / "agree.npy", tmp_path / "disagree.npy"
+    np.save(agree, np.eye(len(config.CLASS_NAMES), dtype=np.float32)[y])
+    np.save(disagree, np.eye(len(config.CLASS_NAMES), dtype=np.float32)[(y + 3) % len(config.CLASS_NAMES)])
+    flags = ("--weights", "none", "--epochs", "1", "--no-augment", "--no-class-weights", "--seed", "3")
+    losses = {}
+    for name, extra in (("plain", ()), ("agree", ("--teacher", str(agree), "--teacher-weight", "1")),
+                        ("disagree", ("--teacher", str(disagree), "--teacher-weight", "1"))):
+        assert run_training(arrays, tmp_path / name, *flags, *extra) == 0
+        losses[name] = first_epoch_loss(tmp_path / name)
+    out = capsys.readouterr().out
+    assert f"distillation: teacher {disagree} (agrees with the labels on 0.0% of train), weight 1" in out
+    assert f"distillation: teacher {agree} (agrees with the labels on 100.0% of train)" in out
+    assert losses["agree"] == pytest.approx(losses["plain"], rel=1e-3)
+    assert abs(losses["disagree"] - losses["plain"]) > 1e-3 * losses["plain"]
+    info = json.loads((tmp_path / "agree" / "models" / config.BEST_MODEL).with_suffix(".json").read_text())
+    assert info["teacher"] == [{"file": str(agree), "sha256": sha256_file(agree)}]
+    assert info["config"]["teacher"] == [str(agree)] and info["config"]["teacher_weight"] == 1.0
+
+    # Several files are one teacher, their mean: agree + disagree at weight 1 = half of each.
+    assert run_training(arrays, tmp_path / "both", *flags, "--teacher", str(agree), str(disagree),
+                        "--teacher-weight", "1") == 0
+    assert f"distillation: teacher {agree} + {disagree} (agrees with the labels on" in capsys.readouterr().out
+    assert losses["plain"] < first_epoch_loss(tmp_path / "both") < losses["disagree"]
+
+
+def test_a_teacher_file_that_cannot_be_one_is_a_one_line_error(arrays, tmp_path):
+    from fervgg.artifacts import load_split
+
+    n = len(load_split(arrays, "train").y)
+    c = len(config.CLASS_NAMES)
+    files = {"missing.npy": None, "short.npy": np.full((n - 1, c), 1 / c, np.float32),
+             "negative.npy": -np.ones((n, c), np.float32), "ints.npy": np.ones((n, c), np.int64),
+             "objects.npy": np.array([[{}] * c] * n, dtype=object), "text.npy": b"not an array"}
+    for name, content in files.items():
+        path = tmp_path / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        elif content is not None:
+            np.save(path, content, allow_pickle=True)
+        proc = cli(arrays, tmp_path / name.replace(".npy", ""), "--weights", "none", "--epochs", "1",
+                   "--teacher", str(path))
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 2, out
+        assert "Traceback" not in out and len([ln for ln in out.splitlines() if ln.startswith("error:")]) == 1, out
+        assert str(path) in out, out
+
+
+def test_a_changed_teacher_file_is_another_run(arrays, tmp_path):
+    from fervgg.resume import settings_fingerprint
+
+    meta = {"sha256": {"X_train.npy": "x"}}
+    teacher = tmp_path / "t.npy"
+    np.save(teacher, np.ones((2, 7), np.float32))
+    first = settings_fingerprint(TrainSettings(weights="none", teacher=teacher), meta)
+    assert first == settings_fingerprint(TrainSettings(weights="none", teacher=[teacher]), meta)
+    assert first != settings_fingerprint(TrainSettings(weights="none"), meta)
+    assert first != settings_fingerprint(TrainSettings(weights="none", teacher=teacher, teacher_weight=0.5), meta)
+    np.save(teacher, np.full((2, 7), 2, np.float32))
+    assert first != settings_fingerprint(TrainSettings(weights="none", teacher=teacher), meta)
+
+
 def test_only_a_start_model_of_ours_gives_its_crop_size(tmp_path):
     from fervgg.common import atomic_write_json
     from fervgg.train import start_crop_size
@@ -760,14 +834,15 @@ def test_train_from_settings_without_a_command_line(arrays, tmp_path, capsys):
     info = json.loads(phase.model_path.with_suffix(".json").read_text())
     assert info["config"]["models_dir"] == str(tmp_path / "models")  # Paths as text, as the flags gave
     assert info["config"]["aug_mixup"] == 0.3
-    # The keys (and order) the sidecars of the argparse-based script had (aug_mixup since 2026-12-04).
+    # The keys (and order) the sidecars of the argparse-based script had (aug_mixup and teacher* since
+    # 2026-12-04).
     assert list(info["config"]) == [
         "data_dir", "models_dir", "logs_dir", "run_name", "weights", "initial_model", "dense_units", "dropout",
         "epochs", "fine_tune_epochs", "batch_size", "lr", "fine_tune_lr", "fine_tune_blocks", "optimizer",
         "weight_decay", "warmup_epochs", "label_smoothing", "class_weights", "patience", "lr_patience",
         "lr_schedule", "time_budget", "steps_per_epoch", "seed", "fresh", "keep_epochs", "augment", "aug_flip",
-        "aug_rotation", "aug_zoom", "aug_shift", "crop_size", "aug_erasing", "aug_mixup", "precision", "distribute",
-        "logical_cpus"]
+        "aug_rotation", "aug_zoom", "aug_shift", "crop_size", "aug_erasing", "aug_mixup", "teacher", "teacher_weight",
+        "teacher_temperature", "precision", "distribute", "logical_cpus"]
 
 
 def test_the_package_needs_no_command_line_and_changes_nothing_on_import():
@@ -784,6 +859,9 @@ def test_the_package_needs_no_command_line_and_changes_nothing_on_import():
     ({"lr": float("nan")}, "`lr` nan is out of range"),
     ({"epochs": 1.5}, "`epochs` must be an integer"),
     ({"optimizer": "rmsprop"}, "`optimizer` 'rmsprop' is not one of adam, sgd"),
+    ({"teacher_weight": 0.5}, "need a `teacher`"),
+    ({"teacher": "t.npy", "teacher_temperature": 0}, "`teacher_temperature` 0.0 is out of range"),
+    ({"teacher": "t.npy", "teacher_weight": 1.5}, "`teacher_weight` 1.5 is out of range"),
 ])
 def test_bad_train_settings_raise_our_error(bad, match):
     with pytest.raises(FervggError, match=match):

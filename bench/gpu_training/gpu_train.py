@@ -106,23 +106,16 @@ def average_teachers(out: str, members: list[str]):
 
 
 def training_targets(y, n_classes: int, teacher=None, weight: float = 0.0, temperature: float = 1.0):
-    """One-hot labels, or for distillation weight * the teachers' probabilities + (1 - weight) *
-    one-hot. The teachers' probabilities are softened as softmax(log p / temperature): on their own
-    training images they are nearly one-hot (.91-.99 right), and a temperature above 1 brings out
-    which wrong classes they find close (Hinton et al. 2015)."""
-    onehot = np.eye(n_classes, dtype=np.float32)[y]
-    if teacher is None:
-        return onehot
-    teacher = np.asarray(teacher, np.float32)
-    if teacher.shape != onehot.shape or not np.isfinite(teacher).all() or (teacher < 0).any() \
-            or not (teacher.sum(1) > 0).all():
-        raise SystemExit(f"teacher: expected non-negative finite probabilities of shape {onehot.shape}, "
-                         f"got {teacher.shape}")
-    if not 0 <= weight <= 1 or not temperature > 0:
-        raise SystemExit(f"teacher weight {weight} is not in [0, 1] or temperature {temperature} is not > 0")
-    soft = np.power(teacher / teacher.sum(1, keepdims=True), 1.0 / temperature, dtype=np.float64)
-    soft /= soft.sum(1, keepdims=True)
-    return (weight * soft + (1 - weight) * onehot).astype(np.float32)
+    """fervgg.training.soft_targets (one-hot labels, or mixed with a softened teacher), its
+    errors as this tool's exits. Imported here: fervgg.training imports Keras, whose backend
+    the caller chooses first."""
+    from fervgg.common import FervggError
+    from fervgg.training import soft_targets
+
+    try:
+        return soft_targets(y, n_classes, teacher, weight, temperature)
+    except FervggError as exc:
+        raise SystemExit(f"teacher: {exc}") from None
 
 
 def random_crop_layer():

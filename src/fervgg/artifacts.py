@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from fervgg import config
-from fervgg.common import FervggError, atomic_save_npy, atomic_write_json, read_json, sha256_file, utc_now
+from fervgg.common import FervggError, atomic_save_npy, atomic_write_json, first_line, read_json, sha256_file, utc_now
 
 FORMAT_VERSION = 1
 
@@ -147,3 +147,36 @@ def load_split(data_dir: Path, split: str, meta: dict | None = None, verify: boo
             f"({n_classes} classes in meta.json)"
         )
     return Split(split, x, y.astype(np.int64), list(meta["class_names"]))
+
+
+def load_teacher(path: Path, n_images: int, n_classes: int) -> np.ndarray:
+    """A distillation teacher: a (N, C) .npy of probabilities, one row per training image in
+    X_train.npy's order (e.g. the mean of several models' predictions); FervggError if it
+    cannot be that."""
+    path = Path(path)
+    if not path.is_file():
+        raise FervggError(f"teacher file not found: {path} (expected a .npy of shape ({n_images}, {n_classes}))")
+    # A float64 (N, C) array and its header, no more: anything larger is not a teacher file.
+    limit = n_images * n_classes * 8 + 4096
+    if path.stat().st_size > limit:
+        raise FervggError(f"{path} is {path.stat().st_size} bytes, too large for ({n_images}, {n_classes}) "
+                          "probabilities")
+    try:
+        probs = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise FervggError(f"{path} is not a valid .npy array ({first_line(exc)})") from None
+    if not np.issubdtype(probs.dtype, np.floating) or probs.shape != (n_images, n_classes):
+        raise FervggError(f"{path} holds {probs.dtype} {probs.shape}; a teacher is float ({n_images}, {n_classes}): "
+                          "one row of class probabilities per training image, in X_train.npy's order")
+    if not np.isfinite(probs).all() or (probs < 0).any() or not (probs.sum(axis=1) > 0).all():
+        raise FervggError(f"{path} is not probabilities: every value must be finite and >= 0, every row sum > 0")
+    return probs.astype(np.float32)
+
+
+def load_teachers(paths: list[Path], n_images: int, n_classes: int) -> np.ndarray:
+    """The mean of several teachers' probabilities (each row normalised first): an ensemble."""
+    total = np.zeros((n_images, n_classes), np.float64)
+    for path in paths:
+        probs = load_teacher(path, n_images, n_classes).astype(np.float64)
+        total += probs / probs.sum(axis=1, keepdims=True)
+    return (total / len(paths)).astype(np.float32)

@@ -93,6 +93,10 @@ AUG_ZOOM: float = 0.1
 AUG_SHIFT: float = 0.1
 AUG_ERASING: float = 0.25  # probability of erasing one random rectangle per image
 AUG_MIXUP: float = 0.0  # mixup's alpha (0: off): each batch mixed with itself shuffled, Beta(alpha, alpha)
+# Distillation (model_training.py --teacher): each target is TEACHER_WEIGHT x the teacher's probabilities,
+# softened by TEACHER_TEMPERATURE, + the rest x the one-hot label (the GPU runs' defaults).
+TEACHER_WEIGHT: float = 0.7
+TEACHER_TEMPERATURE: float = 1.0
 
 # --- Evaluation / prediction ---
 EVAL_BATCH_SIZE: int = 256

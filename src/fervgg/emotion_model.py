@@ -23,7 +23,7 @@ import numpy as np
 
 from fervgg import config
 from fervgg.common import (FervggError, atomic_write_json, filtered_stderr, first_line, import_tensorflow,
-                           library_versions, loads_json, model_not_found, printable, utc_now)
+                           library_versions, loads_json, model_not_found, printable, sha256_file, utc_now)
 
 # VGG16 "caffe" preprocessing: BGR channel means of ImageNet, no scaling.
 VGG_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -352,10 +352,15 @@ def write_sidecar(model_path: Path, settings, meta: dict, run_name: str, phase: 
         "training_seconds": round(elapsed, 1),
         "run_name": run_name,
         "hardware": hardware,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(settings).items()},
+        "config": {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "teacher" and v else v)
+                   for k, v in dataclasses.asdict(settings).items()},
         "data": {"dir": str(settings.data_dir.resolve()), "sha256": meta["sha256"], "counts": meta["counts"]},
         "versions": library_versions("tensorflow", "keras", "numpy"),
     }
+    teachers = getattr(settings, "teacher", None) or []
+    if teachers:
+        info["teacher"] = [{"file": str(t), "sha256": sha256_file(Path(t)) if Path(t).is_file() else None}
+                           for t in teachers]
     atomic_write_json(sidecar_path(model_path), info)
 
 

@@ -3,6 +3,9 @@ measured) on the preprocessed arrays or on an image folder.
 
     <model> (+ its .json sidecar) and <data_dir>/X_<split>.npy, y_<split>.npy
       -> <out_dir>/<tag>-<split>/metrics.json         metrics, settings, model sha256
+         <out_dir>/<tag>-<split>/probabilities.npy    (N, C) float32, one row per image in order
+                                                       (+ probabilities_tta.npy with TTA): a teacher
+                                                       for model_training.py --teacher (split train)
          <out_dir>/<tag>-<split>/confusion_matrix.png  counts and row-normalised
          <out_dir>/<tag>-<split>/mistakes.png          the most confident mistakes
          <logs_dir>/eval/<tag>-<split>/                TensorBoard: the same images + scalars
@@ -26,16 +29,18 @@ from fervgg import config
 from fervgg import imaging
 from fervgg.artifacts import Split
 from fervgg.classifiers import Classifier, Notes, open_classifier, print_note
-from fervgg.common import (FervggError, atomic_write_bytes, atomic_write_json, format_table, library_versions,
-                           sha256_file, utc_now)
+from fervgg.common import (FervggError, atomic_save_npy, atomic_write_bytes, atomic_write_json, format_table,
+                           library_versions, sha256_file, utc_now)
 from fervgg.emotion_model import check_model_file, default_model_path, model_info, sidecar_path
 from fervgg.eval_report import plot_confusion, plot_mistakes, print_report, write_tensorboard
 from fervgg.evaluation import check_fit, compute_metrics, load_arrays, most_confident_mistakes, predict
 from fervgg.folders import ImageFolder
 from fervgg.tta import VIEWS, description
 
-SPLIT_CHOICES = ("val", "test", "both")
+SPLIT_CHOICES = ("val", "test", "both", "train")  # train: e.g. a distillation teacher's probabilities
 METRICS_FILE = "metrics.json"
+PROBS_FILE = "probabilities.npy"
+PROBS_TTA_FILE = "probabilities_tta.npy"
 CONFUSION_PNG = "confusion_matrix.png"
 MISTAKES_PNG = "mistakes.png"
 COMPARISON_FILE = "comparison.json"
@@ -48,7 +53,7 @@ class EvalSettings:
     models_dir: Path = config.MODELS_DIR
     data_dir: Path = config.PREPROCESSED_DIR  # the preprocessed arrays...
     images: Path | None = None  # ...or an image folder DIR/<class>/* instead
-    split: str | None = None  # val, test or both (default test; arrays only)
+    split: str | None = None  # val, test, both or train (default test; arrays only)
     out_dir: Path | None = None  # None: <models_dir>/eval
     logs_dir: Path = config.LOGS_DIR
     mistakes: int = config.MISTAKES_SHOWN  # most confident mistakes drawn (0: no mistakes.png)
@@ -86,6 +91,7 @@ class EvalResult:
 class Outcome:
     """One model on one split: predictions and their metrics."""
     probs: np.ndarray
+    tta_probs: np.ndarray | None
     metrics: dict
     tta_metrics: dict | None
     seconds: float
@@ -186,7 +192,9 @@ def _evaluate_one(clf: Classifier, sha: str, tag: str, data: Split, settings: Ev
     shown = _write_pictures(outcome, clf.path, data, settings, out_dir, log_dir)
     document = _metrics_document(outcome, clf, sha, data, settings, out_dir, log_dir, warnings_, tta_views)
     atomic_write_json(out_dir / METRICS_FILE, document)  # last: its presence means the folder is complete
-    print(f"\nwrote {out_dir / METRICS_FILE}, " + ", ".join(p.name for p in shown) + f"; TensorBoard: {log_dir}")
+    probs_files = [PROBS_FILE] + ([PROBS_TTA_FILE] if outcome.tta_probs is not None else [])
+    print(f"\nwrote {out_dir / METRICS_FILE}, " + ", ".join([p.name for p in shown] + probs_files)
+          + f"; TensorBoard: {log_dir}")
     m, t = outcome.metrics, outcome.tta_metrics
     return {"model": str(clf.path), "tag": tag, "split": data.name, "images": int(len(data.y)),
             "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
@@ -201,12 +209,13 @@ def _score(clf: Classifier, data: Split, settings: EvalSettings, notes: Notes) -
           + (f", {VIEWS} views each" if settings.tta else "") + ")")
     metrics = compute_metrics(data.y, probs, data.class_names)
     tta_metrics = compute_metrics(data.y, tta_probs, data.class_names) if tta_probs is not None else None
-    return Outcome(probs, metrics, tta_metrics, seconds, most_confident_mistakes(data.y, probs, settings.mistakes))
+    mistakes = most_confident_mistakes(data.y, probs, settings.mistakes)
+    return Outcome(probs, tta_probs, metrics, tta_metrics, seconds, mistakes)
 
 
 def _write_pictures(outcome: Outcome, model_path: Path, data: Split, settings: EvalSettings, out_dir: Path,
                     log_dir: Path) -> list[Path]:
-    """confusion_matrix.png, mistakes.png and TensorBoard; returns the PNGs written."""
+    """confusion_matrix.png, mistakes.png, the probabilities (.npy) and TensorBoard; returns the PNGs written."""
     metrics = outcome.metrics
     title = f"{model_path.name} on {data.name} ({len(data.y)} images): accuracy {metrics['accuracy']:.3f}"
     images = {"confusion_matrix": plot_confusion(np.array(metrics["confusion_matrix"]), data.class_names, title)}
@@ -221,6 +230,11 @@ def _write_pictures(outcome: Outcome, model_path: Path, data: Split, settings: E
         atomic_write_bytes(files[name], lambda f, png=png: f.write(png))
     if not settings.mistakes:
         files["mistakes"].unlink(missing_ok=True)
+    for name, probs in ((PROBS_FILE, outcome.probs), (PROBS_TTA_FILE, outcome.tta_probs)):
+        if probs is None:
+            (out_dir / name).unlink(missing_ok=True)
+        else:
+            atomic_save_npy(out_dir / name, probs.astype(np.float32))
     scalars = {f"eval/{k}": metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1")}
     if outcome.tta_metrics:
         scalars.update({f"eval_tta/{k}": outcome.tta_metrics[k]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fervgg import config
 from fervgg.common import (FervggError, atomic_save_keras, atomic_write_json, first_line, loads_json,
-                           unique_temporary)
+                           sha256_file, unique_temporary)
 
 # Settings that must match for a run to be resumed (others, like `epochs`, may change).
 RESUME_KEYS = ("weights", "batch_size", "lr", "fine_tune_lr", "fine_tune_blocks", "optimizer",
@@ -36,6 +36,9 @@ def settings_fingerprint(settings, meta: dict) -> str:
         chosen["aug"].append(["mixup", settings.aug_mixup])
     if settings.initial_model:
         chosen["initial_model"] = str(settings.initial_model)
+    if settings.teacher:  # likewise for distillation; the file's content, not only its name
+        chosen["teacher"] = [[sha256_file(t) for t in settings.teacher], settings.teacher_weight,
+                             settings.teacher_temperature]
     chosen["data"] = meta["sha256"]
     return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

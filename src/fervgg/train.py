@@ -23,8 +23,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, ClassVar
 
+import numpy as np
+
 from fervgg import config
-from fervgg.artifacts import Split, load_split, read_meta
+from fervgg.artifacts import Split, load_split, load_teachers, read_meta
 from fervgg.common import DISK_ERRORS, FervggError, folder_lock, import_tensorflow, writable_folder
 from fervgg.hardware import DISTRIBUTE_MODES, PRECISIONS, setup_hardware
 from fervgg.resume import Clock, ResumeState, settings_fingerprint
@@ -73,6 +75,9 @@ class TrainSettings:
     crop_size: int | None = None  # None: the starting model's when it is one of ours, else config.CROP_SIZE
     aug_erasing: float = config.AUG_ERASING
     aug_mixup: float = config.AUG_MIXUP  # mixup's alpha, 0: off
+    teacher: list[Path] | None = None  # distillation: (N_train, C) probabilities .npy files, averaged
+    teacher_weight: float = config.TEACHER_WEIGHT  # the teacher's share of each target
+    teacher_temperature: float = config.TEACHER_TEMPERATURE  # softens the teacher (training.soft_targets)
     precision: str = config.PRECISION  # fervgg.hardware.PRECISIONS
     distribute: str = "auto"  # fervgg.hardware.DISTRIBUTE_MODES
     logical_cpus: int = 0
@@ -87,7 +92,8 @@ class TrainSettings:
         "time_budget": {"above": 0}, "steps_per_epoch": {"low": 1}, "seed": {"low": 0},
         "aug_rotation": {"low": 0, "high": 180}, "aug_zoom": {"low": 0, "below": 1},
         "aug_shift": {"low": 0, "below": 1}, "crop_size": {"low": 0}, "aug_erasing": {"low": 0, "high": 1},
-        "aug_mixup": {"low": 0, "high": 10},
+        "aug_mixup": {"low": 0, "high": 10}, "teacher_weight": {"low": 0, "high": 1},
+        "teacher_temperature": {"above": 0, "high": 100},
         "logical_cpus": {"low": 0, "high": 64},
     }
 
@@ -105,6 +111,13 @@ class TrainSettings:
                                       else self.initial_model)
         if self.run_name is not None:
             check_run_name(self.run_name)
+        if self.teacher is not None:
+            teachers = [self.teacher] if isinstance(self.teacher, (str, Path)) else list(self.teacher)
+            if not teachers:
+                raise FervggError("`teacher` needs at least one probabilities file")
+            self.teacher = [Path(t) for t in teachers]
+        elif (self.teacher_weight, self.teacher_temperature) != (config.TEACHER_WEIGHT, config.TEACHER_TEMPERATURE):
+            raise FervggError("`teacher_weight` and `teacher_temperature` need a `teacher`")
 
     @property
     def pretrained(self) -> bool:
@@ -174,6 +187,8 @@ def train(settings: TrainSettings) -> TrainResult:
         settings = dataclasses.replace(settings, crop_size=start_crop_size(settings, meta["image_size"]))
     train_split = load_split(settings.data_dir, "train", meta)
     val_split = load_split(settings.data_dir, "val", meta)
+    teacher = (load_teachers(settings.teacher, len(train_split.y), len(meta["class_names"]))
+               if settings.teacher is not None else None)
     if settings.crop_size and not 32 <= settings.crop_size < meta["image_size"]:
         raise FervggError(f"`crop_size` {settings.crop_size} must be at least 32 and below the image size "
                           f"{meta['image_size']} (or 0 for no cropping)")
@@ -187,14 +202,19 @@ def train(settings: TrainSettings) -> TrainResult:
     writable_folder(settings.models_dir, "`models_dir`")
     writable_folder(settings.logs_dir, "`logs_dir`")
     with folder_lock(settings.models_dir, "a training run") as holder:
-        return _train_locked(settings, meta, train_split, val_split, holder)
+        return _train_locked(settings, meta, train_split, val_split, holder, teacher)
 
 
 def _train_locked(settings: TrainSettings, meta: dict, train_split: Split, val_split: Split,
-                  holder: Callable[[str], None]) -> TrainResult:
+                  holder: Callable[[str], None], teacher: np.ndarray | None = None) -> TrainResult:
     resume, state, fingerprint = start_or_resume(settings, meta)
     print(f"data: {len(train_split.y)} train / {len(val_split.y)} val images, "
           f"{meta['image_size']}x{meta['image_size']}, classes {meta['class_names']}")
+    if teacher is not None:
+        agree = float((teacher.argmax(axis=1) == train_split.y).mean())
+        names = " + ".join(str(t) for t in settings.teacher)
+        print(f"distillation: teacher {names} (agrees with the labels on {agree:.1%} of train), "
+              f"weight {settings.teacher_weight:g}, temperature {settings.teacher_temperature:g}")
 
     import_tensorflow()  # after the checks: errors stay fast
 
@@ -210,7 +230,7 @@ def _train_locked(settings: TrainSettings, meta: dict, train_split: Split, val_s
     holder(f"training run {state['run_name']}")
     clock = Clock(time.time() - state.get("elapsed_seconds", 0.0),
                   settings.time_budget * 60 if settings.time_budget else None)
-    run = TrainingRun(settings, meta, train_split, val_split, state, resume, clock, strategy, hardware)
+    run = TrainingRun(settings, meta, train_split, val_split, state, resume, clock, strategy, hardware, teacher)
     try:
         phases = train_phases(run)
     except KeyboardInterrupt:
@@ -251,6 +271,7 @@ class TrainingRun:
     clock: Clock
     strategy: object
     hardware: str
+    teacher: np.ndarray | None = None  # distillation: (N_train, C) probabilities
 
     @property
     def run_dir(self) -> Path:
@@ -337,7 +358,8 @@ def data_seed(seed: int, phase: int, start_epoch: int) -> int:
 
 def run_phase(run: TrainingRun, phase: int) -> PhaseResult:
     """Train one phase to its best checkpoint."""
-    from fervgg.training import Augmentation, class_weights, deferred_interrupts, make_dataset, phase_callbacks
+    from fervgg.training import (Augmentation, class_weights, deferred_interrupts, make_dataset, phase_callbacks,
+                                 soft_targets)
 
     settings = run.settings
     model_path = settings.models_dir / (config.FINE_TUNED_MODEL if phase == 2 else config.BEST_MODEL)
@@ -365,7 +387,9 @@ def run_phase(run: TrainingRun, phase: int) -> PhaseResult:
     augmentation = Augmentation(settings.aug_flip, settings.aug_rotation, settings.aug_zoom, settings.aug_shift,
                                 settings.aug_erasing, settings.crop_size,
                                 settings.aug_mixup) if settings.augment else None
-    train_ds = make_dataset(run.train.x, run.train.y, settings.batch_size, n_classes, seed, augmentation,
+    targets = (soft_targets(run.train.y, n_classes, run.teacher, settings.teacher_weight, settings.teacher_temperature)
+               if run.teacher is not None else run.train.y)
+    train_ds = make_dataset(run.train.x, targets, settings.batch_size, n_classes, seed, augmentation,
                             shuffle=True, replicas=replicas)
     val_ds = make_dataset(run.val.x, run.val.y, settings.batch_size, n_classes, seed, replicas=replicas)
     best, callbacks = phase_callbacks(phase, model_path, run.run_dir, run.resume, run.state, run.clock,

@@ -106,6 +106,27 @@ def mix_batch(images, labels, alpha: float, seed: int):
     return mixed_images, mixed_labels
 
 
+def soft_targets(y: np.ndarray, n_classes: int, teacher: np.ndarray | None = None, weight: float = 0.0,
+                 temperature: float = 1.0) -> np.ndarray:
+    """(N, C) training targets: one-hot labels, or for distillation weight * the teacher's
+    probabilities + (1 - weight) * one-hot. The teacher is softened as softmax(log p / temperature):
+    on its own training images it is nearly one-hot, and a temperature above 1 brings out which
+    wrong classes it finds close (Hinton et al. 2015)."""
+    onehot = np.eye(n_classes, dtype=np.float32)[y]
+    if teacher is None:
+        return onehot
+    teacher = np.asarray(teacher, np.float64)
+    if teacher.shape != onehot.shape or not np.isfinite(teacher).all() or (teacher < 0).any() \
+            or not (teacher.sum(1) > 0).all():
+        raise FervggError(f"a teacher must be non-negative finite probabilities of shape {onehot.shape}, "
+                          f"not {teacher.shape}")
+    if not 0 <= weight <= 1 or not temperature > 0:
+        raise FervggError(f"teacher weight {weight} must be in [0, 1] and temperature {temperature} above 0")
+    soft = np.power(teacher / teacher.sum(1, keepdims=True), 1.0 / temperature)
+    soft /= soft.sum(1, keepdims=True)
+    return (weight * soft + (1 - weight) * onehot).astype(np.float32)
+
+
 def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
     """Inverse-frequency weights (mean 1 over samples); classes absent from y get 0."""
     counts = np.bincount(y, minlength=n_classes)
@@ -117,8 +138,8 @@ def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
 
 def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, n_classes: int, seed: int,
                  augmentation: Augmentation | None = None, shuffle: bool = False, replicas: int = 1):
-    """tf.data pipeline: uint8 arrays -> (shuffled) float batches with one-hot labels,
-    augmented when an Augmentation is given.
+    """tf.data pipeline: uint8 arrays -> (shuffled) float batches with one-hot labels (or y's
+    own (N, C) targets, see soft_targets), augmented when an Augmentation is given.
 
     With several replicas every batch must split evenly (Keras 3 fails on an uneven last
     batch under MirroredStrategy, keras-team/keras#19246), so the image count is cut to a
@@ -126,7 +147,8 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, n_classes: int, 
     """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, tf.one_hot(y, n_classes)))
+    targets = np.asarray(y, np.float32) if np.ndim(y) == 2 else tf.one_hot(y, n_classes)
+    ds = tf.data.Dataset.from_tensor_slices((x, targets))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     if replicas > 1:
