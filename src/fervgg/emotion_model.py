@@ -334,6 +334,13 @@ class ModelInfo:
     crop_size: int = 0  # the random-crop training size (the model reads its centre crop), 0: none
 
 
+def _as_json(value):
+    """A setting as JSON holds it: paths (alone or in lists) as text."""
+    if isinstance(value, Path):
+        return str(value)
+    return [_as_json(v) for v in value] if isinstance(value, list) else value
+
+
 def write_sidecar(model_path: Path, settings, meta: dict, run_name: str, phase: int, best_acc: float,
                   best_epoch: int, hardware: str, elapsed: float) -> None:
     """<model>.json: classes, input, effective settings (a train.TrainSettings), data
@@ -352,8 +359,7 @@ def write_sidecar(model_path: Path, settings, meta: dict, run_name: str, phase: 
         "training_seconds": round(elapsed, 1),
         "run_name": run_name,
         "hardware": hardware,
-        "config": {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "teacher" and v else v)
-                   for k, v in dataclasses.asdict(settings).items()},
+        "config": {k: _as_json(v) for k, v in dataclasses.asdict(settings).items()},
         "data": {"dir": str(settings.data_dir.resolve()), "sha256": meta["sha256"], "counts": meta["counts"]},
         "versions": library_versions("tensorflow", "keras", "numpy"),
     }

@@ -181,7 +181,8 @@ def _prepare(path: Path, tag: str, folder, datasets, where: str, notes: Notes) -
 
 def _evaluate_one(clf: Classifier, sha: str, tag: str, data: Split, settings: EvalSettings,
                   warnings_: list[str], notes: Notes) -> dict:
-    """Predict, compute metrics, write metrics.json, the PNGs and TensorBoard; returns a summary row."""
+    """Predict, compute metrics, write metrics.json, the PNGs, the probabilities and TensorBoard;
+    returns a summary row."""
     out_dir = settings.out_dir / f"{tag}-{data.name}"
     log_dir = settings.logs_dir / config.EVAL_DIR_NAME / f"{tag}-{data.name}"
     print(f"\n== {clf.path.name} on {data.name}: {len(data.y)} images, {len(data.class_names)} classes ==",
@@ -190,9 +191,9 @@ def _evaluate_one(clf: Classifier, sha: str, tag: str, data: Split, settings: Ev
     tta_views = description(clf.image_size, clf.crop_size) if settings.tta else None
     print_report(outcome.metrics, outcome.tta_metrics, tta_views)
     shown = _write_pictures(outcome, clf.path, data, settings, out_dir, log_dir)
+    probs_files = _write_probabilities(outcome, out_dir)
     document = _metrics_document(outcome, clf, sha, data, settings, out_dir, log_dir, warnings_, tta_views)
     atomic_write_json(out_dir / METRICS_FILE, document)  # last: its presence means the folder is complete
-    probs_files = [PROBS_FILE] + ([PROBS_TTA_FILE] if outcome.tta_probs is not None else [])
     print(f"\nwrote {out_dir / METRICS_FILE}, " + ", ".join([p.name for p in shown] + probs_files)
           + f"; TensorBoard: {log_dir}")
     m, t = outcome.metrics, outcome.tta_metrics
@@ -213,9 +214,21 @@ def _score(clf: Classifier, data: Split, settings: EvalSettings, notes: Notes) -
     return Outcome(probs, tta_probs, metrics, tta_metrics, seconds, mistakes)
 
 
+def _write_probabilities(outcome: Outcome, out_dir: Path) -> list[str]:
+    """probabilities.npy (and _tta, or no stale one); returns the names written."""
+    written = []
+    for name, probs in ((PROBS_FILE, outcome.probs), (PROBS_TTA_FILE, outcome.tta_probs)):
+        if probs is None:
+            (out_dir / name).unlink(missing_ok=True)
+        else:
+            atomic_save_npy(out_dir / name, probs.astype(np.float32))
+            written.append(name)
+    return written
+
+
 def _write_pictures(outcome: Outcome, model_path: Path, data: Split, settings: EvalSettings, out_dir: Path,
                     log_dir: Path) -> list[Path]:
-    """confusion_matrix.png, mistakes.png, the probabilities (.npy) and TensorBoard; returns the PNGs written."""
+    """confusion_matrix.png, mistakes.png and TensorBoard; returns the PNGs written."""
     metrics = outcome.metrics
     title = f"{model_path.name} on {data.name} ({len(data.y)} images): accuracy {metrics['accuracy']:.3f}"
     images = {"confusion_matrix": plot_confusion(np.array(metrics["confusion_matrix"]), data.class_names, title)}
@@ -230,11 +243,6 @@ def _write_pictures(outcome: Outcome, model_path: Path, data: Split, settings: E
         atomic_write_bytes(files[name], lambda f, png=png: f.write(png))
     if not settings.mistakes:
         files["mistakes"].unlink(missing_ok=True)
-    for name, probs in ((PROBS_FILE, outcome.probs), (PROBS_TTA_FILE, outcome.tta_probs)):
-        if probs is None:
-            (out_dir / name).unlink(missing_ok=True)
-        else:
-            atomic_save_npy(out_dir / name, probs.astype(np.float32))
     scalars = {f"eval/{k}": metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1")}
     if outcome.tta_metrics:
         scalars.update({f"eval_tta/{k}": outcome.tta_metrics[k]
